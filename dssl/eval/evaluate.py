@@ -1,0 +1,100 @@
+"""Final evaluation of a trained trial: representations, linear probes and latent R².
+
+Representations probed (each a NumPy array of train and test rows):
+
+- ``shared``: concat(e1, e2), the deterministic step-1 embeddings before normalisation;
+- ``specific1``, ``specific2``: the step-2 embeddings s1, s2 of clean inputs;
+- ``specific``: concat(s1, s2);
+- ``both``: concat(shared, specific).
+
+Metric names are ``probe/{representation}/{label}`` (test accuracy) and, for datasets that keep
+their true latents, ``r2/{representation}/{latent}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from dssl.eval.latent_r2 import latent_r2
+from dssl.eval.probes import probe_representations
+
+if TYPE_CHECKING:
+    from dssl.data.dataset import PairedDataset
+    from dssl.train.loop import TrainedModels
+
+logger = logging.getLogger(__name__)
+
+_EMBED_CHUNK = 8192
+
+
+@torch.no_grad()
+def _embed_rows(models: TrainedModels, x1: np.ndarray, x2: np.ndarray) -> dict[str, np.ndarray]:
+    """Embed rows in chunks and return every representation as float32 arrays."""
+    device = next(models.shared.parameters()).device
+    models.shared.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, x1.shape[0], _EMBED_CHUNK):
+        a = torch.as_tensor(x1[start : start + _EMBED_CHUNK], device=device)
+        b = torch.as_tensor(x2[start : start + _EMBED_CHUNK], device=device)
+        e1, e2 = models.shared.embed(a, b)
+        chunk = {"shared": torch.cat([e1, e2], dim=1)}
+        if models.specific is not None:
+            models.specific.eval()
+            s1, s2 = models.specific.embed(a, b)
+            chunk["specific1"] = s1
+            chunk["specific2"] = s2
+            chunk["specific"] = torch.cat([s1, s2], dim=1)
+            chunk["both"] = torch.cat([chunk["shared"], chunk["specific"]], dim=1)
+        for name, value in chunk.items():
+            parts.setdefault(name, []).append(value.cpu().numpy())
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def evaluate_trial(
+    models: TrainedModels,
+    dataset: PairedDataset,
+    *,
+    probe_max_train_samples: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Probe every representation on every label and, when latents exist, regress them.
+
+    Args:
+        models: The trained step-1 (and step-2) models.
+        dataset: The dataset the models were trained on.
+        probe_max_train_samples: Training rows per probe (all when ``None``).
+        seed: Seed of the probe subsample and the R² split.
+
+    Returns:
+        Metrics named ``probe/{representation}/{label}`` and ``r2/{representation}/{latent}``.
+    """
+    train_x1, train_x2, train_labels = dataset.split("train")
+    test_x1, test_x2, test_labels = dataset.split("test")
+    train_repr = _embed_rows(models, train_x1, train_x2)
+    test_repr = _embed_rows(models, test_x1, test_x2)
+
+    representations = {name: (train_repr[name], test_repr[name]) for name in train_repr}
+    metrics = probe_representations(
+        representations,
+        train_labels,
+        test_labels,
+        max_train_samples=probe_max_train_samples,
+        seed=seed,
+    )
+
+    if dataset.latents:
+        # R² on held-out rows: how much of each true latent a representation carries.
+        latents_test = {name: values[dataset.test_index] for name, values in dataset.latents.items()}
+        for representation in ("shared", "specific1", "specific2"):
+            if representation not in test_repr:
+                continue
+            for latent_name, latent in latents_test.items():
+                metrics[f"r2/{representation}/{latent_name}"] = latent_r2(
+                    test_repr[representation], latent, seed=seed
+                )
+    logger.info("evaluation: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
+    return metrics

@@ -1,0 +1,250 @@
+"""DisentangledSSL: the shared step (step 1) and the specific step (step 2) as PyTorch modules.
+
+Each model returns its loss terms for a batch as a dict of scalar tensors with the key
+``"loss"`` holding the value to minimise, and embeds inputs for evaluation. The training loop
+(:mod:`dssl.train.loop`) is the same for both steps.
+
+Step 1, per modality pair (x1, x2):
+
+    e_m = f_cm(x_m)                       deterministic shared embedding, (B, k)
+    mu_m, z_m = head(e_m)                 mean direction and a reparameterised sample
+    loss = InfoNCE(z1, z2; tau) + beta * penalty(mu1, mu2)
+
+Step 2, with the step-1 encoders frozen and two augmented views x' = T(x), v = T(x'):
+
+    s_m = f_sm(concat(x_m, e_m))          specific embedding, (B, k)
+    h1  = normalise(concat(s1(x1'), e2(x2')))   and the same for view v
+    loss = InfoNCE(h1, h1v) + InfoNCE(h2, h2v) + lambda * mean orthogonality(s_m, e_m)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dssl.data.augment import augment
+from dssl.nn.deterministic import DeterministicHead
+from dssl.nn.encoders import MLPEncoder
+from dssl.nn.gaussian import GaussianHead
+from dssl.nn.vmf import VonMisesFisherHead
+from dssl.objectives.conditional_mi import conditional_mi_penalty, conditional_mi_upper_bound_nats
+from dssl.objectives.infonce import symmetric_infonce
+from dssl.objectives.overlap import orthogonality_penalty
+from dssl.train.distributed import DataParallelContext
+
+if TYPE_CHECKING:
+    from dssl.study.schema import MethodSpec
+
+_SINGLE_PROCESS = DataParallelContext()
+
+
+def _gathered_infonce(
+    a: torch.Tensor, b: torch.Tensor, temperature: float, parallel: DataParallelContext
+) -> torch.Tensor:
+    """Symmetric InfoNCE of local rows ``a``, ``b`` (B, d) against every worker's rows."""
+    if not parallel.is_distributed:
+        return symmetric_infonce(a, b, temperature)
+    a_all, offset = parallel.gather(a)
+    b_all, _ = parallel.gather(b)
+    return symmetric_infonce(a, b, temperature, z1_all=a_all, z2_all=b_all, offset=offset)
+
+
+def _make_head(head: str, kappa: float) -> VonMisesFisherHead | GaussianHead | DeterministicHead:
+    if head == "vmf":
+        return VonMisesFisherHead(kappa)
+    if head == "gaussian":
+        return GaussianHead()
+    if head == "deterministic":
+        return DeterministicHead()
+    raise ValueError(f"unknown head {head!r}; expected 'vmf', 'gaussian' or 'deterministic'")
+
+
+def _penalty_family(head: str) -> str:
+    """Return the head whose penalty formulas apply: a deterministic head uses the vMF ones."""
+    return "vmf" if head == "deterministic" else head
+
+
+class SharedModel(nn.Module):
+    """Step 1: one shared encoder per modality with a probabilistic head.
+
+    Args:
+        x1_dim: Feature dimension of modality 1.
+        x2_dim: Feature dimension of modality 2.
+        method: The resolved method settings (encoder sizes, temperature, step-1 weights).
+    """
+
+    def __init__(self, x1_dim: int, x2_dim: int, method: MethodSpec) -> None:
+        super().__init__()
+        self.method = method
+        step1 = method.step1
+        encoder_args = dict(
+            out_dim=method.embed_dim,
+            hidden_dim=method.hidden_dim,
+            num_hidden_layers=method.num_hidden_layers,
+            init_std=method.init_std,
+        )
+        self.encoder1 = MLPEncoder(x1_dim, **encoder_args)
+        self.encoder2 = MLPEncoder(x2_dim, **encoder_args)
+        self.head = _make_head(step1.head, step1.kappa)
+
+    def embed(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the deterministic shared embeddings e1, e2, each (B, embed_dim)."""
+        return self.encoder1(x1), self.encoder2(x2)
+
+    def loss_terms(
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor,
+        parallel: DataParallelContext = _SINGLE_PROCESS,
+    ) -> dict[str, torch.Tensor]:
+        """Compute the step-1 loss terms for a local batch x1 (B, d1), x2 (B, d2)."""
+        step1 = self.method.step1
+        e1, e2 = self.embed(x1, x2)
+        mu1, z1 = self.head.sample(e1)
+        mu2, z2 = self.head.sample(e2)
+
+        infonce = _gathered_infonce(
+            F.normalize(z1, dim=1), F.normalize(z2, dim=1), self.method.temperature, parallel
+        )
+        penalty = conditional_mi_penalty(
+            mu1, mu2, scale=step1.penalty, kappa=step1.kappa, head=_penalty_family(step1.head)
+        )
+        loss = infonce + step1.beta * penalty
+        return {"loss": loss, "infonce": infonce, "cmi_penalty": penalty}
+
+    @torch.no_grad()
+    def diagnostics(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, float]:
+        """Compute held-out MI diagnostics on one batch (B rows of each modality).
+
+        Returns:
+            ``infonce`` (nats), ``mi/shared_infonce_lower_bound`` = log(B) - InfoNCE (nats),
+            ``mi/cmi_upper_bound_kl`` = the symmetrised E KL on the KL scale (nats).
+        """
+        e1, e2 = self.embed(x1, x2)
+        mu1, z1 = self.head.sample(e1)
+        mu2, z2 = self.head.sample(e2)
+        infonce = symmetric_infonce(
+            F.normalize(z1, dim=1), F.normalize(z2, dim=1), self.method.temperature
+        )
+        # NOTE: a deterministic head has no posterior; its bound is reported as if it were a vMF
+        # head of the configured kappa, which makes it comparable with the vMF trials only.
+        upper = conditional_mi_upper_bound_nats(
+            mu1, mu2, kappa=self.method.step1.kappa, head=_penalty_family(self.method.step1.head)
+        )
+        batch = x1.shape[0]
+        return {
+            "infonce": float(infonce),
+            "mi/shared_infonce_lower_bound": float(torch.log(torch.tensor(float(batch))) - infonce),
+            "mi/cmi_upper_bound_kl": float(upper.mean()),
+        }
+
+
+class SpecificModel(nn.Module):
+    """Step 2: one specific encoder per modality on top of frozen step-1 shared encoders.
+
+    Args:
+        shared: The trained step-1 model. Its parameters are frozen here.
+        x1_dim: Feature dimension of modality 1.
+        x2_dim: Feature dimension of modality 2.
+        method: The resolved method settings.
+    """
+
+    def __init__(self, shared: SharedModel, x1_dim: int, x2_dim: int, method: MethodSpec) -> None:
+        super().__init__()
+        self.method = method
+        self.shared = shared
+        for parameter in self.shared.parameters():
+            parameter.requires_grad_(False)
+        self.shared.eval()
+
+        encoder_args = dict(
+            out_dim=method.embed_dim,
+            hidden_dim=method.hidden_dim,
+            num_hidden_layers=method.num_hidden_layers,
+            init_std=method.init_std,
+        )
+        self.specific1 = MLPEncoder(x1_dim + method.embed_dim, **encoder_args)
+        self.specific2 = MLPEncoder(x2_dim + method.embed_dim, **encoder_args)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [*self.specific1.parameters(), *self.specific2.parameters()]
+
+    def train(self, mode: bool = True) -> SpecificModel:
+        super().train(mode)
+        self.shared.eval()
+        return self
+
+    def _specific_and_shared(
+        self, x1: torch.Tensor, x2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            c1, c2 = self.shared.embed(x1, x2)
+        s1 = self.specific1(torch.cat([x1, c1], dim=1))
+        s2 = self.specific2(torch.cat([x2, c2], dim=1))
+        return s1, s2, c1, c2
+
+    def embed(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the specific embeddings s1, s2 (B, embed_dim) of clean inputs."""
+        s1, s2, _, _ = self._specific_and_shared(x1, x2)
+        return s1, s2
+
+    def _view_terms(
+        self, x1: torch.Tensor, x2: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Return (s1, s2, c1, c2) for the views x' = T(x) and v = T(x')."""
+        step2 = self.method.step2
+        x1_first = augment(x1, step2.noise_std, step2.drop_fraction, generator)
+        x2_first = augment(x2, step2.noise_std, step2.drop_fraction, generator)
+        x1_second = augment(x1_first, step2.noise_std, step2.drop_fraction, generator)
+        x2_second = augment(x2_first, step2.noise_std, step2.drop_fraction, generator)
+        first = list(self._specific_and_shared(x1_first, x2_first))
+        second = list(self._specific_and_shared(x1_second, x2_second))
+        return first, second
+
+    def loss_terms(
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor,
+        parallel: DataParallelContext = _SINGLE_PROCESS,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Compute the step-2 loss terms for a local batch x1 (B, d1), x2 (B, d2)."""
+        first, second = self._view_terms(x1, x2, generator)
+        s1_a, s2_a, c1_a, c2_a = first
+        s1_b, s2_b, c1_b, c2_b = second
+
+        # Modality 1's joint code pairs its specific embedding with the other modality's
+        # frozen shared embedding, so the InfoNCE term rewards what X2 does not explain.
+        h1_a = F.normalize(torch.cat([s1_a, c2_a], dim=1), dim=1)
+        h1_b = F.normalize(torch.cat([s1_b, c2_b], dim=1), dim=1)
+        h2_a = F.normalize(torch.cat([s2_a, c1_a], dim=1), dim=1)
+        h2_b = F.normalize(torch.cat([s2_b, c1_b], dim=1), dim=1)
+        infonce1 = _gathered_infonce(h1_a, h1_b, self.method.temperature, parallel)
+        infonce2 = _gathered_infonce(h2_a, h2_b, self.method.temperature, parallel)
+
+        overlap = (
+            orthogonality_penalty(s1_a, c1_a)
+            + orthogonality_penalty(s1_b, c1_b)
+            + orthogonality_penalty(s2_a, c2_a)
+            + orthogonality_penalty(s2_b, c2_b)
+        ) / 4.0
+        loss = infonce1 + infonce2 + self.method.step2.lam * overlap
+        return {"loss": loss, "infonce1": infonce1, "infonce2": infonce2, "overlap": overlap}
+
+    @torch.no_grad()
+    def diagnostics(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, float]:
+        """Compute held-out step-2 terms on one batch with a fixed augmentation seed."""
+        generator = torch.Generator(device=x1.device).manual_seed(0)
+        terms = self.loss_terms(x1, x2, generator=generator)
+        batch = x1.shape[0]
+        log_batch = float(torch.log(torch.tensor(float(batch))))
+        return {
+            "infonce1": float(terms["infonce1"]),
+            "infonce2": float(terms["infonce2"]),
+            "overlap": float(terms["overlap"]),
+            "mi/specific1_infonce_lower_bound": log_batch - float(terms["infonce1"]),
+            "mi/specific2_infonce_lower_bound": log_batch - float(terms["infonce2"]),
+        }

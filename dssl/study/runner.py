@@ -1,0 +1,318 @@
+"""Run a study: Ray Tune with Optuna over trial drivers, tracked in MLflow.
+
+The study driver (this module) validates the study file, builds the dataset once and puts it
+in Ray's object store, opens the MLflow parent run, and runs ``tune.Tuner`` with
+``OptunaSearch`` (its Optuna study kept in SQLite so that ``optuna-dashboard`` can show it).
+A Tune callback ends any child run that a stopped or crashed trial left RUNNING.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from dssl.data.dataset import PairedDataset, load_dataset
+from dssl.study.schema import StudySpec, dump_resolved_yaml, load_study
+from dssl.study.space import grid_size, make_define_by_run, make_sampler
+from dssl.study.tracking import TRIAL_ID_TAG, StudyTracker, resolve_tracking_uri
+from dssl.study.trial import TrialContext, run_trial, trial_resources
+from dssl.train.loop import total_epochs
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STORAGE_PATH = "dssl_results"
+
+# Train V2's controller polls workers every 2 s by default, which adds up to 2 s per report.
+# Probe metrics, which the searcher optimises, exist only in a trial's last report, so Tune's
+# check that every report carries the search metric is turned off.
+_RAY_ENV_DEFAULTS = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_TRAIN_V2_ENABLED": "1",
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyOutcome:
+    """Summary of a finished study."""
+
+    name: str
+    run_name: str
+    parent_run_id: str
+    tracking_uri: str
+    experiment_name: str
+    optuna_storage: str
+    results_path: str
+    trials: int
+    errors: int
+    best_config: dict[str, Any] | None
+    best_metrics: dict[str, float] | None
+
+
+def resolve_storage_path(path: str | os.PathLike | None) -> Path:
+    """Return the folder for Tune results: ``path``, ``DSSL_STORAGE_PATH`` or ``./dssl_results``."""
+    chosen = path or os.environ.get("DSSL_STORAGE_PATH") or DEFAULT_STORAGE_PATH
+    return Path(chosen).expanduser().resolve()
+
+
+def build_dataset(spec: StudySpec) -> PairedDataset:
+    """Build the study's dataset from its ``data`` section."""
+    options = spec.data.model_dump(exclude={"kind"})
+    return load_dataset(spec.data.kind, **options)
+
+
+def ensure_ray() -> None:
+    """Connect to the cluster in ``RAY_ADDRESS`` or start a local Ray bound to 127.0.0.1."""
+    for key, value in _RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        logger.info("connecting to the Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=True)
+        return
+    # address="local" always starts a new cluster, even when a stale file names a dead one.
+    ray.init(
+        address="local",
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+        log_to_driver=True,
+    )
+
+
+class _FinalMetricOptunaSearch(OptunaSearch):
+    """OptunaSearch that skips per-epoch reports lacking the search metric.
+
+    Ray 2.60's ``OptunaSearch.on_trial_result`` indexes the metric in every report and raises
+    ``KeyError`` for reports that lack it; here only the final report carries probe metrics.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, str) and self.metric not in result:
+            return
+        super().on_trial_result(trial_id, result)
+
+
+class _TrialRunCloser(tune.Callback):
+    """End the MLflow run of every trial that stops, fails or is early-stopped while RUNNING.
+
+    An exception raised here would abort ``Tuner.fit`` for every trial, so errors are logged.
+    """
+
+    def __init__(self, tracker: StudyTracker, parent_run_id: str) -> None:
+        self.tracker = tracker
+        self.parent_run_id = parent_run_id
+
+    def _close(self, trial: Any, status: str) -> None:
+        try:
+            run_id = self.tracker.find_trial_run(self.parent_run_id, trial.trial_id)
+            if run_id and self.tracker.finish_if_running(run_id, status):
+                logger.info("trial %s ended while its MLflow run was RUNNING: marked %s", trial.trial_id, status)
+        except Exception:
+            logger.exception("could not close the MLflow run of trial %s", trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, "KILLED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, "FAILED")
+
+
+def _metric_and_mode(spec: StudySpec) -> tuple[str | list[str], str | list[str]]:
+    return spec.search.metric, spec.search.mode
+
+
+def _build_searcher(spec: StudySpec, optuna_url: str, study_name: str) -> OptunaSearch:
+    metric, mode = _metric_and_mode(spec)
+    storage = optuna.storages.RDBStorage(url=optuna_url, engine_kwargs={"connect_args": {"timeout": 30}})
+    return _FinalMetricOptunaSearch(
+        space=make_define_by_run(spec),
+        metric=metric,
+        mode=mode,
+        sampler=make_sampler(spec),
+        study_name=study_name,
+        storage=storage,
+    )
+
+
+def _build_scheduler(spec: StudySpec) -> ASHAScheduler | None:
+    if spec.search.scheduler != "asha":
+        return None
+    asha = spec.search.asha
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=asha.metric or spec.search.metric,
+        mode=asha.mode or spec.search.mode,
+        max_t=total_epochs(spec.method) + 1,
+        grace_period=asha.grace_period,
+        reduction_factor=asha.reduction_factor,
+    )
+
+
+def _num_trials(spec: StudySpec) -> int:
+    if spec.search.algorithm == "grid":
+        return grid_size(spec)
+    return spec.search.num_trials
+
+
+def run_study(
+    study_path: str | os.PathLike,
+    *,
+    tracking_uri: str | None = None,
+    storage_path: str | os.PathLike | None = None,
+) -> StudyOutcome:
+    """Validate and run the study in ``study_path``; return its outcome.
+
+    Args:
+        study_path: The study YAML file.
+        tracking_uri: MLflow tracking URI; defaults to ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``.
+        storage_path: Folder for Tune results, checkpoints and the Optuna database.
+
+    Raises:
+        dssl.study.schema.StudyValidationError: The study file is invalid (nothing has started).
+    """
+    spec = load_study(study_path)
+    dataset = build_dataset(spec)
+    uri = resolve_tracking_uri(tracking_uri)
+    storage = resolve_storage_path(storage_path)
+    run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    study_dir = storage / run_name
+    study_dir.mkdir(parents=True, exist_ok=True)
+    optuna_url = f"sqlite:///{study_dir / 'optuna.db'}"
+
+    experiment_name = spec.tracking.experiment or spec.name
+    tracker = StudyTracker(uri, experiment_name)
+    parent_run_id = tracker.start_study_run(
+        run_name,
+        params={
+            "study.name": spec.name,
+            "search.algorithm": spec.search.algorithm,
+            "search.metric": spec.search.metric,
+            "search.mode": spec.search.mode,
+            "search.num_trials": _num_trials(spec),
+            "search.max_concurrent": spec.search.max_concurrent,
+            "search.seeds": spec.search.seeds,
+            "resources.num_workers": spec.resources.num_workers,
+            "data.kind": spec.data.kind,
+        },
+        tags={"dssl.kind": "study", "dssl.study_file": str(Path(study_path)), "dssl.optuna_storage": optuna_url},
+    )
+    tracker.log_text(parent_run_id, dump_resolved_yaml(spec), "study.yaml")
+    logger.info("study %s: MLflow run %s in experiment %r at %s", spec.name, parent_run_id, experiment_name, uri)
+
+    try:
+        ensure_ray()
+        context = TrialContext(
+            spec=spec,
+            tracking_uri=uri,
+            experiment_name=experiment_name,
+            parent_run_id=parent_run_id,
+            dataset_ref=ray.put(dataset),
+            storage_path=str(study_dir),
+        )
+        results = _fit(spec, context, tracker, optuna_url, run_name, storage)
+        outcome = _summarise(spec, results, tracker, parent_run_id, uri, experiment_name, optuna_url, study_dir, run_name)
+    except BaseException as error:
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        tracker.set_tags(parent_run_id, {"dssl.error": f"{type(error).__name__}: {error}"[:4000]})
+        _close_children(tracker, parent_run_id, "KILLED")
+        tracker.finish_if_running(parent_run_id, status)
+        raise
+    _close_children(tracker, parent_run_id, "KILLED")
+    tracker.finish(parent_run_id, "FINISHED" if outcome.errors == 0 else "FAILED")
+    return outcome
+
+
+def _fit(
+    spec: StudySpec,
+    context: TrialContext,
+    tracker: StudyTracker,
+    optuna_url: str,
+    run_name: str,
+    storage: Path,
+) -> tune.ResultGrid:
+    metric, mode = _metric_and_mode(spec)
+    searcher = _build_searcher(spec, optuna_url, run_name)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(spec))
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=_build_scheduler(spec),
+            num_samples=_num_trials(spec),
+            max_concurrent_trials=spec.search.max_concurrent,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            callbacks=[_TrialRunCloser(tracker, context.parent_run_id)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    return tuner.fit()
+
+
+def _close_children(tracker: StudyTracker, parent_run_id: str, status: str) -> None:
+    for run in tracker.trial_runs(parent_run_id):
+        if run.info.status == "RUNNING":
+            tracker.finish(run.info.run_id, status)
+            logger.info("MLflow run %s of trial %s was left RUNNING: marked %s", run.info.run_id, run.data.tags.get(TRIAL_ID_TAG), status)
+
+
+def _finite_metric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _summarise(
+    spec: StudySpec,
+    results: tune.ResultGrid,
+    tracker: StudyTracker,
+    parent_run_id: str,
+    uri: str,
+    experiment_name: str,
+    optuna_url: str,
+    study_dir: Path,
+    run_name: str,
+) -> StudyOutcome:
+    metric = spec.search.metric if isinstance(spec.search.metric, str) else spec.search.metric[0]
+    mode = spec.search.mode if isinstance(spec.search.mode, str) else spec.search.mode[0]
+    best_config, best_metrics = None, None
+    finished = [r for r in results if r.error is None and r.metrics and _finite_metric(r.metrics.get(metric))]
+    if finished:
+        best = max(finished, key=lambda r: r.metrics[metric] if mode == "max" else -r.metrics[metric])
+        best_config = dict(best.config)
+        best_metrics = {k: float(v) for k, v in best.metrics.items() if k.startswith("probe/") and _finite_metric(v)}
+        summary = {f"best/{metric}": float(best.metrics[metric])}
+        summary.update({f"best/{k}": v for k, v in best_metrics.items()})
+        tracker.log_metrics(parent_run_id, summary, step=0)
+        tracker.set_tags(parent_run_id, {"dssl.best_config": str(best_config)})
+
+    errors = sum(1 for r in results if r.error is not None)
+    return StudyOutcome(
+        name=spec.name,
+        run_name=run_name,
+        parent_run_id=parent_run_id,
+        tracking_uri=uri,
+        experiment_name=experiment_name,
+        optuna_storage=optuna_url,
+        results_path=str(study_dir),
+        trials=len(results),
+        errors=errors,
+        best_config=best_config,
+        best_metrics=best_metrics,
+    )

@@ -1,0 +1,1201 @@
+"""Study file schema: the YAML format that describes one hyperparameter study.
+
+A study file names the data, the DisentangledSSL method settings, the search (algorithm, metric,
+space, seeds), the resources of each trial, the evaluation options and the tracking experiment.
+:func:`load_study` reads and validates such a file and raises :class:`StudyValidationError` with
+one line per problem, each naming the field path, what is allowed and the value that was given.
+
+Search space keys are dotted paths into ``method``, written with the YAML names (``step1.beta``,
+``step2.lambda``, ``embed_dim``). :func:`resolve_method` applies the values that a trial samples
+for those paths to the base method settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import json
+import logging
+import math
+import os
+import re
+import typing
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidatorFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    Tag,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AshaSpec",
+    "CategoricalParameter",
+    "DATA_KINDS",
+    "DataSpec",
+    "DigitsDataSpec",
+    "EvalSpec",
+    "GridParameter",
+    "IntParameter",
+    "LogUniformParameter",
+    "MethodSpec",
+    "NO_VALUE",
+    "ParameterSpec",
+    "ResourceSpec",
+    "SearchSpec",
+    "Step1Spec",
+    "Step2Spec",
+    "StudyProblem",
+    "StudySpec",
+    "StudyValidationError",
+    "SyntheticDataSpec",
+    "TrackingSpec",
+    "UniformParameter",
+    "canonical_method_path",
+    "dump_resolved_yaml",
+    "flatten_params",
+    "load_study",
+    "method_parameter_paths",
+    "resolve_method",
+    "validate_study",
+]
+
+STUDY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+METRIC_NAME_PATTERN = re.compile(r"^[/\w.\- ]+$")
+PARAMETER_TYPES: tuple[str, ...] = ("loguniform", "uniform", "int", "categorical", "grid")
+DATA_KINDS: tuple[str, ...] = ("synthetic", "digits")
+
+# Discriminated unions, keyed by the discriminator text in pydantic's error context: the tag
+# field and its allowed values.
+_UNION_TAG_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "'type'": ("type", PARAMETER_TYPES),
+    "_data_kind()": ("kind", DATA_KINDS),
+}
+
+_SYNTHETIC_ONLY_FIELDS: tuple[str, ...] = ("n_samples", "latent_dim", "x_dim", "latent_variance")
+_MAX_VALUE_REPR = 160
+_PROBLEM_ERROR_TYPE = "study_problem"
+
+
+# --------------------------------------------------------------------------------------------
+# Problems and the validation error
+# --------------------------------------------------------------------------------------------
+
+
+class _NoValue:
+    """Marker for a problem that has no offending value, such as a missing field."""
+
+    def __repr__(self) -> str:
+        return "<no value>"
+
+
+NO_VALUE: Any = _NoValue()
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyProblem:
+    """One problem found in a study file.
+
+    Attributes:
+        field: Dotted path of the field, e.g. ``search.space.step1.beta.low``; empty for problems
+            of the file itself (missing file, YAML syntax error).
+        message: What is wrong and what is allowed.
+        value: The offending value, or :data:`NO_VALUE` when there is none.
+    """
+
+    field: str
+    message: str
+    value: Any = NO_VALUE
+
+    def render(self) -> str:
+        """Render the problem as ``field: message (got value)``."""
+        text = f"{self.field}: {self.message}" if self.field else self.message
+        if self.value is not NO_VALUE:
+            text += f" (got {_short_repr(self.value)})"
+        return text
+
+
+class StudyValidationError(Exception):
+    """Raised when a study file cannot be read or does not follow the schema.
+
+    Attributes:
+        path: The study file, or a label such as ``<memory>`` for in-memory data.
+        problems: Every problem found, in the order pydantic reported them.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], problems: list[StudyProblem]) -> None:
+        self.path = os.fspath(path)
+        self.problems = list(problems)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(f"{self.path}: {problem.render()}" for problem in self.problems)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception pickling passes only args to __init__; Ray pickles errors raised in workers.
+        return (type(self), (self.path, self.problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Issue:
+    """A problem found by a validator, located relative to the model that raised it."""
+
+    loc: tuple[str | int, ...]
+    message: str
+    value: Any = NO_VALUE
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    if len(text) > _MAX_VALUE_REPR:
+        text = text[: _MAX_VALUE_REPR - 3] + "..."
+    return text
+
+
+def _raise_issues(issues: list[_Issue]) -> typing.NoReturn:
+    """Raise the issues as one pydantic error that :func:`_problems_from_error` expands again."""
+    summary = "; ".join(f"{'.'.join(map(str, issue.loc))}: {issue.message}" for issue in issues)
+    raise PydanticCustomError(
+        _PROBLEM_ERROR_TYPE, "{summary}", {"summary": summary, "issues": tuple(issues)}
+    )
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    matches = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f"did you mean {matches[0]!r}? " if matches else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Error formatting
+# --------------------------------------------------------------------------------------------
+
+
+_BOUND_SYMBOLS: dict[str, tuple[str, str]] = {
+    "greater_than": (">", "gt"),
+    "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("<=", "le"),
+}
+
+
+def _reword(error: Mapping[str, Any]) -> str:
+    """Turn a pydantic error message into a ``must ...`` statement of what is allowed."""
+    message = str(error["msg"])
+    error_type = error["type"]
+    if error_type == "missing":
+        return "required field is missing"
+    if error_type == "extra_forbidden":
+        return "unknown field"
+    if error_type in _BOUND_SYMBOLS:
+        symbol, key = _BOUND_SYMBOLS[error_type]
+        return f"must be {symbol} {(error.get('ctx') or {}).get(key)!r}"
+    if error_type in ("dict_type", "model_type", "model_attributes_type"):
+        return "must be a mapping"
+    if message.startswith("Value error, "):
+        return message[len("Value error, ") :]
+    if message.startswith("Input should be "):
+        return "must be " + message[len("Input should be ") :]
+    if message.startswith("Input "):
+        return message[len("Input ") :]
+    return message[:1].lower() + message[1:]
+
+
+def _render_loc(loc: tuple[str | int, ...]) -> str:
+    """Join a location into a dotted path, with ``[i]`` for list items.
+
+    Pydantic puts the tag of a discriminated union into the location
+    (``search.space.step1.beta.loguniform.low``, ``data.synthetic.n_samples``); the tag is dropped.
+    """
+    parts: list[str] = []
+    for index, item in enumerate(loc):
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+            continue
+        if index >= 2 and loc[index - 2] == "space" and item in PARAMETER_TYPES:
+            continue
+        if index >= 1 and loc[index - 1] == "data" and item in DATA_KINDS:
+            continue
+        parts.append(("." if parts else "") + item)
+    return "".join(parts)
+
+
+def _union_tag_issue(loc: tuple[str | int, ...], error: Mapping[str, Any]) -> _Issue:
+    """Locate a discriminated-union error at the tag field (``type`` or ``kind``)."""
+    context = error.get("ctx") or {}
+    field, tags = _UNION_TAG_FIELDS.get(str(context.get("discriminator")), ("type", PARAMETER_TYPES))
+    allowed = ", ".join(repr(tag) for tag in tags)
+    data = error.get("input")
+
+    if not isinstance(data, Mapping):
+        return _Issue(loc, f"must be a mapping with {field} one of {allowed}", data)
+    if field not in data:
+        return _Issue(loc + (field,), f"required field is missing; must be one of {allowed}")
+    return _Issue(loc + (field,), f"must be one of {allowed}", data[field])
+
+
+def _issues_from_error(exc: ValidationError) -> list[_Issue]:
+    """Convert a pydantic error into issues that name the field path, the rule and the value.
+
+    Issues raised by this module's validators travel inside one pydantic error each and are
+    unpacked again here.
+    """
+    issues = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        context = error.get("ctx") or {}
+
+        if error["type"] == _PROBLEM_ERROR_TYPE:
+            for issue in context["issues"]:
+                issues.append(_Issue(loc + issue.loc, issue.message, issue.value))
+            continue
+
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            issues.append(_union_tag_issue(loc, error))
+            continue
+
+        has_value = error["type"] != "missing"
+        value = error.get("input", NO_VALUE) if has_value else NO_VALUE
+        issues.append(_Issue(loc, _reword(error), value))
+    return issues
+
+
+def _problems_from_error(
+    exc: ValidationError, prefix: tuple[str | int, ...] = ()
+) -> list[StudyProblem]:
+    """Convert a pydantic error into rendered problems, locations prefixed with ``prefix``."""
+    return [
+        StudyProblem(_render_loc(prefix + issue.loc), issue.message, issue.value)
+        for issue in _issues_from_error(exc)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Base model
+# --------------------------------------------------------------------------------------------
+
+
+class _Spec(BaseModel):
+    """Base of every study model: frozen, unknown fields rejected, fields settable by name or alias."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        allow_inf_nan=False,
+    )
+
+    # Extra text for the unknown-field message of specific keys.
+    _field_hints: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _reject_unknown_fields(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        # pydantic's own extra_forbidden error does not list the allowed fields. The known fields
+        # are still validated, so one misspelt key does not hide the other problems.
+        if not isinstance(data, Mapping):
+            return handler(data)
+
+        allowed = _yaml_field_names(cls)
+        accepted = set(allowed) | set(cls.model_fields)
+        issues = []
+        for key in data:
+            if key in accepted:
+                continue
+            if str(key) in cls._field_hints:
+                message = f"unknown field; {cls._field_hints[str(key)]}; "
+            else:
+                message = f"unknown field; {_did_you_mean(str(key), allowed)}"
+            message += f"allowed fields: {', '.join(allowed)}"
+            issues.append(_Issue((str(key),), message, data[key]))
+        if not issues:
+            return handler(data)
+
+        try:
+            handler({key: value for key, value in data.items() if key in accepted})
+        except ValidationError as exc:
+            issues.extend(_issues_from_error(exc))
+        _raise_issues(issues)
+
+
+def _yaml_field_names(model: type[BaseModel]) -> list[str]:
+    """Return the field names as written in YAML (aliases where set), sorted."""
+    return sorted(info.alias or name for name, info in model.model_fields.items())
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+class SyntheticDataSpec(_Spec):
+    """The synthetic benchmark: latent blocks Zs, Z1, Z2 mixed linearly into X1 and X2."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    seed: int = Field(0, ge=0, description="Data generation and split seed.")
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Share of rows held out.")
+    n_samples: int = Field(90000, ge=1000, description="Rows before the train/test split.")
+    latent_dim: int = Field(50, ge=1, description="Dim of each latent block.")
+    x_dim: int = Field(100, ge=1, description="Dim of each modality.")
+    latent_variance: float = Field(0.5, gt=0.0, description="Variance of each latent coordinate.")
+
+
+class DigitsDataSpec(_Spec):
+    """The scikit-learn 8x8 digits split into two views; its one label is ``digit``."""
+
+    _field_hints: ClassVar[dict[str, str]] = {
+        key: "only allowed with data.kind: synthetic" for key in _SYNTHETIC_ONLY_FIELDS
+    }
+
+    kind: Literal["digits"]
+    seed: int = Field(0, ge=0, description="Split seed.")
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Share of rows held out.")
+
+
+def _data_kind(value: Any) -> str | None:
+    """Pick the data variant; a mapping without ``kind`` is synthetic."""
+    if isinstance(value, Mapping):
+        return value.get("kind", "synthetic")
+    return getattr(value, "kind", None)
+
+
+# Each variant dumps exactly the keyword arguments of its dataset builder (kind excluded).
+DataSpec = Annotated[
+    Union[Annotated[SyntheticDataSpec, Tag("synthetic")], Annotated[DigitsDataSpec, Tag("digits")]],
+    Discriminator(_data_kind),
+]
+# --------------------------------------------------------------------------------------------
+# Method
+# --------------------------------------------------------------------------------------------
+
+
+class Step1Spec(_Spec):
+    """Step 1: shared encoders trained with cross-modal InfoNCE plus ``beta`` times a penalty.
+
+    ``penalty`` selects the scale of ``beta``. ``cosine`` penalises ``-mean cos(mu1, mu2)``, the
+    scale of the reference code. ``kl`` penalises the symmetrised KL divergence between the two
+    posteriors. For vMF heads that KL is ``kappa * A_d(kappa)`` times the cosine form. The Gaussian
+    head has no cosine form, so it requires ``kl``. The ``deterministic`` head uses z = mu (no
+    sampling, the CLIP baseline's variant) and has no KL form, so it requires ``cosine``.
+    """
+
+    beta: float = Field(0.1, ge=0.0, description="Weight of the conditional-MI penalty.")
+    penalty: Literal["cosine", "kl"] = "cosine"
+    head: Literal["vmf", "gaussian", "deterministic"] = "vmf"
+    kappa: float = Field(1000.0, gt=0.0, description="vMF concentration, fixed.")
+    epochs: int = Field(50, ge=1)
+    lr: float = Field(1.0e-4, gt=0.0, description="Adam learning rate, cosine-annealed to 0.")
+
+    @model_validator(mode="after")
+    def _check_head_penalty(self) -> Step1Spec:
+        if self.head == "gaussian" and self.penalty != "kl":
+            _raise_issues(
+                [_Issue(("penalty",), "must be 'kl' when head is 'gaussian'", self.penalty)]
+            )
+        if self.head == "deterministic" and self.penalty != "cosine":
+            _raise_issues(
+                [_Issue(("penalty",), "must be 'cosine' when head is 'deterministic'", self.penalty)]
+            )
+        return self
+
+
+class Step2Spec(_Spec):
+    """Step 2: modality-specific encoders, shared encoders frozen, ``lambda`` weighs the overlap penalty."""
+
+    enabled: bool = Field(True, description="False trains step 1 only.")
+    lam: float = Field(1.0, alias="lambda", ge=0.0, description="Weight of the overlap penalty.")
+    penalty: Literal["orthogonality"] = "orthogonality"
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(1.0e-4, gt=0.0, description="Adam learning rate, cosine-annealed to 0.")
+    noise_std: float = Field(0.01, ge=0.0, description="Std of the additive-noise augmentation.")
+    drop_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of coordinates zeroed by the drop augmentation."
+    )
+
+
+class MethodSpec(_Spec):
+    """DisentangledSSL settings; the search space samples some of them per trial."""
+
+    name: Literal["disentangled_ssl"] = "disentangled_ssl"
+    hidden_dim: int = Field(512, ge=1, description="Width of each MLP hidden layer.")
+    num_hidden_layers: int = Field(1, ge=1)
+    embed_dim: int = Field(100, ge=1, description="Shared and specific embedding dim per modality.")
+    # InfoNCE needs at least one negative per row, so a batch needs at least 2 rows.
+    batch_size: int = Field(256, ge=2)
+    temperature: float = Field(0.07, gt=0.0, description="InfoNCE temperature.")
+    init_std: float = Field(0.01, gt=0.0, description="Std of the N(0, std^2) weight init.")
+    step1: Step1Spec = Step1Spec()
+    step2: Step2Spec = Step2Spec()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Leaf:
+    """A scalar field of :class:`MethodSpec` that the search space may sample."""
+
+    path: str
+    attrs: tuple[str, ...]
+    info: FieldInfo
+
+
+@functools.cache
+def _method_leaves() -> dict[str, _Leaf]:
+    """Map every scalar method field's dotted YAML path to its field."""
+    leaves: dict[str, _Leaf] = {}
+
+    def visit(model: type[BaseModel], prefix: tuple[str, ...], attrs: tuple[str, ...]) -> None:
+        for name, info in model.model_fields.items():
+            if model is MethodSpec and name == "name":
+                continue  # The method name selects the trainer; it is not a hyperparameter.
+            key = info.alias or name
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                visit(annotation, prefix + (key,), attrs + (name,))
+                continue
+            path = ".".join(prefix + (key,))
+            leaves[path] = _Leaf(path, attrs + (name,), info)
+
+    visit(MethodSpec, (), ())
+    return leaves
+
+
+@functools.cache
+def _method_path_synonyms() -> dict[str, str]:
+    """Map both the YAML path (``step2.lambda``) and the Python path (``step2.lam``) to the YAML path."""
+    synonyms = {}
+    for path, leaf in _method_leaves().items():
+        synonyms[path] = path
+        synonyms[".".join(leaf.attrs)] = path
+    return synonyms
+
+
+def method_parameter_paths() -> list[str]:
+    """Return the dotted paths of the method fields that a search space may set, sorted.
+
+    Returns:
+        Paths such as ``"embed_dim"``, ``"step1.beta"`` and ``"step2.lambda"``.
+    """
+    return sorted(_method_leaves())
+
+
+def canonical_method_path(path: str) -> str | None:
+    """Return the YAML form of a dotted method path, or None if no such method parameter exists.
+
+    Args:
+        path: A dotted path with YAML names (``step2.lambda``) or Python names (``step2.lam``).
+
+    Returns:
+        The path with YAML names, e.g. ``"step2.lambda"``.
+    """
+    return _method_path_synonyms().get(path)
+
+
+def _unknown_path_message(path: str) -> str:
+    valid = method_parameter_paths()
+    return f"not a method parameter; {_did_you_mean(path, valid)}valid paths: {', '.join(valid)}"
+
+
+@functools.cache
+def _leaf_adapter(path: str) -> TypeAdapter[Any]:
+    """Build a validator for one method field, constraints included."""
+    info = _method_leaves()[path].info
+    if info.metadata:
+        return TypeAdapter(Annotated[(info.annotation, *info.metadata)])
+    return TypeAdapter(info.annotation)
+
+
+def _leaf_kind(path: str) -> str:
+    """Classify a method field as ``float``, ``int``, ``bool`` or ``choice`` (Literal or str)."""
+    annotation = _method_leaves()[path].info.annotation
+    if typing.get_origin(annotation) is Literal or annotation is str:
+        return "choice"
+    if annotation is bool:
+        return "bool"
+    if annotation is int:
+        return "int"
+    return "float"
+
+
+# --------------------------------------------------------------------------------------------
+# Search space entries
+# --------------------------------------------------------------------------------------------
+
+
+def _check_scalar(value: Any) -> Any:
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    raise PydanticCustomError("scalar_type", "must be a string, number or boolean")
+
+
+_Scalar = Annotated[Any, AfterValidator(_check_scalar)]
+_FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class LogUniformParameter(_Spec):
+    """A float sampled log-uniformly from ``[low, high]``."""
+
+    type: Literal["loguniform"]
+    low: _FiniteFloat = Field(gt=0.0)
+    high: _FiniteFloat
+
+    @model_validator(mode="after")
+    def _check_order(self) -> LogUniformParameter:
+        if self.high <= self.low:
+            _raise_issues([_Issue(("high",), f"must be greater than low ({self.low!r})", self.high)])
+        return self
+
+
+class UniformParameter(_Spec):
+    """A float sampled uniformly from ``[low, high]``."""
+
+    type: Literal["uniform"]
+    low: _FiniteFloat
+    high: _FiniteFloat
+
+    @model_validator(mode="after")
+    def _check_order(self) -> UniformParameter:
+        if self.high <= self.low:
+            _raise_issues([_Issue(("high",), f"must be greater than low ({self.low!r})", self.high)])
+        return self
+
+
+class IntParameter(_Spec):
+    """An integer sampled from ``[low, high]``, log-uniformly when ``log`` is true."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check_range(self) -> IntParameter:
+        issues = []
+        if self.log and self.low < 1:
+            issues.append(_Issue(("low",), "must be >= 1 when log is true", self.low))
+        if self.high <= self.low:
+            issues.append(_Issue(("high",), f"must be greater than low ({self.low!r})", self.high))
+        if issues:
+            _raise_issues(issues)
+        return self
+
+
+class CategoricalParameter(_Spec):
+    """One of ``choices``, chosen by the sampler; a grid axis under ``algorithm: grid``."""
+
+    type: Literal["categorical"]
+    choices: tuple[_Scalar, ...] = Field(min_length=1)
+
+
+class GridParameter(_Spec):
+    """A grid axis; allowed with ``algorithm: grid`` only."""
+
+    type: Literal["grid"]
+    values: tuple[_Scalar, ...] = Field(min_length=1)
+
+
+ParameterSpec = Annotated[
+    Union[LogUniformParameter, UniformParameter, IntParameter, CategoricalParameter, GridParameter],
+    Field(discriminator="type"),
+]
+_RANGE_PARAMETERS = (LogUniformParameter, UniformParameter, IntParameter)
+_AXIS_PARAMETERS = (CategoricalParameter, GridParameter)
+
+
+def _axis_values(parameter: CategoricalParameter | GridParameter) -> tuple[Any, ...]:
+    if isinstance(parameter, CategoricalParameter):
+        return parameter.choices
+    return parameter.values
+
+
+def _field_error_message(exc: ValidationError) -> str:
+    return "; ".join(_reword(error) for error in exc.errors(include_url=False))
+
+
+def _check_range_entry(
+    path: str, parameter: LogUniformParameter | UniformParameter | IntParameter
+) -> list[_Issue]:
+    """Check that a range suits the type of its method field and stays inside its constraints."""
+    kind = _leaf_kind(path)
+    if kind in ("choice", "bool"):
+        message = f"method.{path} takes a fixed set of values; use type: categorical"
+        return [_Issue(("type",), message, parameter.type)]
+    if kind == "int" and not isinstance(parameter, IntParameter):
+        message = f"method.{path} is an integer; use type: int"
+        return [_Issue(("type",), message, parameter.type)]
+
+    # Every numeric constraint in the schema is a lower or upper bound, so checking both ends
+    # checks the whole range.
+    issues = []
+    for end in ("low", "high"):
+        value = getattr(parameter, end)
+        try:
+            _leaf_adapter(path).validate_python(value)
+        except ValidationError as exc:
+            message = f"outside what method.{path} allows: {_field_error_message(exc)}"
+            issues.append(_Issue((end,), message, value))
+    return issues
+
+
+def _coerce_axis_entry(
+    path: str, parameter: CategoricalParameter | GridParameter
+) -> tuple[CategoricalParameter | GridParameter, list[_Issue]]:
+    """Convert each value to its method field's type (``0`` becomes ``0.0`` for a float field)."""
+    key = "choices" if isinstance(parameter, CategoricalParameter) else "values"
+    coerced = []
+    issues = []
+    for index, value in enumerate(_axis_values(parameter)):
+        try:
+            coerced.append(_leaf_adapter(path).validate_python(value))
+        except ValidationError as exc:
+            message = f"not valid for method.{path}: {_field_error_message(exc)}"
+            issues.append(_Issue((key, index), message, value))
+    if issues:
+        return parameter, issues
+
+    if len(set(coerced)) != len(coerced):
+        return parameter, [_Issue((key,), "must not repeat a value", list(coerced))]
+    return parameter.model_copy(update={key: tuple(coerced)}), []
+
+
+_PARAMETER_ADAPTER: TypeAdapter[Any] = TypeAdapter(ParameterSpec)
+
+
+def _canonical_space_entries(space: Mapping[Any, Any]) -> tuple[dict[str, Any], list[_Issue]]:
+    """Key the entries by YAML path (``step2.lam`` becomes ``step2.lambda``); report unknown paths."""
+    entries: dict[str, Any] = {}
+    issues = []
+    for key, entry in space.items():
+        path = canonical_method_path(str(key))
+        if path is None:
+            issues.append(_Issue((str(key),), _unknown_path_message(str(key)), key))
+        elif path in entries:
+            issues.append(_Issue((path,), f"given twice (as {key!r} too)", key))
+        elif not isinstance(entry, Mapping):
+            message = (
+                "must be a mapping such as {type: loguniform, low: 0.001, high: 10} with type one "
+                f"of {', '.join(PARAMETER_TYPES)}; fixed values belong under method"
+            )
+            issues.append(_Issue((path,), message, entry))
+        else:
+            entries[path] = entry
+    return entries, issues
+
+
+def _validate_space_entry(path: str, entry: Any) -> tuple[Any, list[_Issue]]:
+    """Validate one space entry and check it against its method field.
+
+    Returns:
+        The entry (axis values converted to the field's type), or None when it is invalid, and
+        the issues, located relative to the entry.
+    """
+    try:
+        parameter = _PARAMETER_ADAPTER.validate_python(entry)
+    except ValidationError as exc:
+        return None, _issues_from_error(exc)
+
+    if isinstance(parameter, _RANGE_PARAMETERS):
+        issues = _check_range_entry(path, parameter)
+    else:
+        parameter, issues = _coerce_axis_entry(path, parameter)
+    return (None if issues else parameter), issues
+
+
+# --------------------------------------------------------------------------------------------
+# Search
+# --------------------------------------------------------------------------------------------
+
+
+_FINAL_ONLY_METRIC_PREFIXES = ("probe/", "r2/")
+
+
+class AshaSpec(_Spec):
+    """ASHA early stopping; used with ``scheduler: asha`` only."""
+
+    grace_period: int = Field(1, ge=1, description="Reports (epochs) before a trial may stop.")
+    reduction_factor: float = Field(2.0, gt=1.0)
+    metric: str | None = Field(
+        None,
+        description="Metric reported every epoch that ASHA compares, e.g. "
+        "mi/shared_infonce_lower_bound; defaults to the study metric.",
+    )
+    mode: Literal["max", "min"] | None = Field(None, description="Defaults to the study mode.")
+
+
+class SearchSpec(_Spec):
+    """Search settings: sampler, metric, trial budget, seeds, scheduler and search space."""
+
+    algorithm: Literal["tpe", "grid", "random"] = "tpe"
+    metric: str | list[str]
+    mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
+    num_trials: Annotated[int, Field(ge=1)] | None = None
+    max_concurrent: int = Field(1, ge=1)
+    seeds: tuple[Annotated[int, Field(ge=0)], ...] = Field((0,), min_length=1)
+    sampler_seed: int = Field(0, ge=0)
+    scheduler: Literal["none", "asha"] = "none"
+    asha: AshaSpec = AshaSpec()
+    space: dict[str, ParameterSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _repeat_mode_per_metric(cls, data: Any) -> Any:
+        # Ray Tune's OptunaSearch creates a multi-objective study only when mode is a list, so a
+        # single mode given with a list of metrics is repeated for each metric.
+        if not isinstance(data, Mapping) or not isinstance(data.get("metric"), list):
+            return data
+        mode = data.get("mode", "max")
+        if mode in ("max", "min"):
+            return {**data, "mode": [mode] * len(data["metric"])}
+        return data
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _check_metric_type(cls, value: Any) -> Any:
+        is_list = isinstance(value, list) and all(isinstance(item, str) for item in value)
+        if not isinstance(value, str) and not is_list:
+            raise PydanticCustomError("metric_type", "must be a metric name or a list of metric names")
+        return value
+
+    @field_validator("metric", mode="after")
+    @classmethod
+    def _check_metric_names(cls, value: str | list[str]) -> str | list[str]:
+        names = [value] if isinstance(value, str) else value
+        issues = []
+        if not names:
+            issues.append(_Issue((), "must name at least one metric", value))
+        if len(set(names)) != len(names):
+            issues.append(_Issue((), "must not repeat a metric", value))
+        for index, name in enumerate(names):
+            if not METRIC_NAME_PATTERN.match(name):
+                loc: tuple[str | int, ...] = () if isinstance(value, str) else (index,)
+                message = "may contain only letters, digits, '_', '/', '.', '-' and spaces"
+                issues.append(_Issue(loc, message, name))
+        if issues:
+            _raise_issues(issues)
+        return value
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _check_mode_type(cls, value: Any) -> Any:
+        allowed = ("max", "min")
+        is_list = isinstance(value, list) and all(item in allowed for item in value)
+        if value not in allowed and not is_list:
+            raise PydanticCustomError("mode_type", "must be 'max' or 'min', or a list of them")
+        return value
+
+    @field_validator("space", mode="wrap")
+    @classmethod
+    def _validate_space(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # Entries are validated one at a time so that every bad entry is reported at once.
+        if not isinstance(value, Mapping):
+            return handler(value)
+
+        entries, issues = _canonical_space_entries(value)
+        checked: dict[str, Any] = {}
+        for path, entry in entries.items():
+            parameter, entry_issues = _validate_space_entry(path, entry)
+            issues.extend(_Issue((path,) + issue.loc, issue.message, issue.value) for issue in entry_issues)
+            if parameter is not None:
+                checked[path] = parameter
+
+        if issues:
+            _raise_issues(issues)
+        return handler(checked)
+
+    @model_validator(mode="after")
+    def _check_search(self) -> SearchSpec:
+        issues = [
+            *self._space_issues(),
+            *self._seed_issues(),
+            *self._objective_issues(),
+            *self._trial_count_issues(),
+        ]
+        if issues:
+            _raise_issues(issues)
+
+        if self.scheduler == "none" and "asha" in self.model_fields_set:
+            logger.warning("search.asha is ignored because search.scheduler is 'none'")
+        if self.algorithm != "grid" and not self.space and (self.num_trials or 0) > 1:
+            logger.warning(
+                "search.space is empty, so all %d trials train the same setting with the same seed",
+                self.num_trials,
+            )
+        return self
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metric names as a list, one per objective."""
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def modes(self) -> list[str]:
+        """The modes as a list aligned with :attr:`metrics`."""
+        return [self.mode] if isinstance(self.mode, str) else list(self.mode)
+
+    def _space_issues(self) -> list[_Issue]:
+        issues = []
+        for path, parameter in self.space.items():
+            if self.algorithm == "grid" and not isinstance(parameter, _AXIS_PARAMETERS):
+                message = "must be grid or categorical because search.algorithm is 'grid'"
+                issues.append(_Issue(("space", path, "type"), message, parameter.type))
+            if self.algorithm != "grid" and isinstance(parameter, GridParameter):
+                message = (
+                    f"grid is allowed only with search.algorithm: grid (algorithm is "
+                    f"{self.algorithm!r}); use categorical to let the sampler choose"
+                )
+                issues.append(_Issue(("space", path, "type"), message, parameter.type))
+        return issues
+
+    def _seed_issues(self) -> list[_Issue]:
+        issues = []
+        if len(set(self.seeds)) != len(self.seeds):
+            issues.append(_Issue(("seeds",), "must not repeat a seed", list(self.seeds)))
+        if self.algorithm != "grid" and len(self.seeds) != 1:
+            message = (
+                f"must hold exactly one seed with algorithm {self.algorithm!r}; use algorithm: grid "
+                "to repeat each setting over several seeds"
+            )
+            issues.append(_Issue(("seeds",), message, list(self.seeds)))
+        return issues
+
+    def _objective_issues(self) -> list[_Issue]:
+        issues = []
+        multi_objective = isinstance(self.metric, list) and len(self.metric) > 1
+        if isinstance(self.mode, list):
+            if isinstance(self.metric, str):
+                message = "must be a single 'max' or 'min' because metric is a single name"
+                issues.append(_Issue(("mode",), message, self.mode))
+            elif len(self.mode) != len(self.metric):
+                message = f"must have one entry per metric ({len(self.metric)})"
+                issues.append(_Issue(("mode",), message, self.mode))
+        if self.scheduler == "asha" and multi_objective:
+            message = "asha needs a single metric; use scheduler: none with several metrics"
+            issues.append(_Issue(("scheduler",), message, self.scheduler))
+        if self.scheduler == "asha" and not multi_objective:
+            asha_metric = self.asha.metric or (self.metric if isinstance(self.metric, str) else self.metric[0])
+            if asha_metric.startswith(_FINAL_ONLY_METRIC_PREFIXES):
+                message = (
+                    "ASHA compares a metric every epoch, but probe/ and r2/ metrics exist only after "
+                    "the last epoch; set asha.metric to a per-epoch metric such as "
+                    "mi/shared_infonce_lower_bound (mode max) or step1/val/infonce (mode min)"
+                )
+                field = ("asha", "metric") if self.asha.metric else ("metric",)
+                issues.append(_Issue(field, message, asha_metric))
+        return issues
+
+    def _trial_count_issues(self) -> list[_Issue]:
+        if self.algorithm != "grid":
+            if self.num_trials is None:
+                message = f"required with algorithm {self.algorithm!r}"
+                return [_Issue(("num_trials",), message)]
+            return []
+
+        if not all(isinstance(parameter, _AXIS_PARAMETERS) for parameter in self.space.values()):
+            return []  # _space_issues reports the entries that are not grid axes.
+        points = _grid_point_count(self)
+        expected = points * len(self.seeds)
+        if self.num_trials is None:
+            # The model is frozen; the default depends on other fields, so it is set in place here.
+            self.__dict__["num_trials"] = expected
+            return []
+        if self.num_trials != expected:
+            message = (
+                f"must equal the number of grid points times the number of seeds, "
+                f"{points} x {len(self.seeds)} = {expected}; leave it out to use that number"
+            )
+            return [_Issue(("num_trials",), message, self.num_trials)]
+        return []
+
+
+def _grid_point_count(search: SearchSpec) -> int:
+    """Count the grid points (product of the axis lengths), seeds excluded."""
+    return math.prod(len(_axis_values(parameter)) for parameter in search.space.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Resources, evaluation, tracking and the study
+# --------------------------------------------------------------------------------------------
+
+
+class ResourceSpec(_Spec):
+    """Resources of one trial: a Ray Train data-parallel group."""
+
+    num_workers: int = Field(1, ge=1, description="Data-parallel workers per trial.")
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+
+
+class EvalSpec(_Spec):
+    """Evaluation options of each trial."""
+
+    probe_max_train_samples: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Training rows used to fit the linear probes; None uses all."
+    )
+    diagnostics_samples: int = Field(
+        4096, ge=1, description="Held-out rows used for the per-epoch MI diagnostics."
+    )
+    checkpoint_every_epoch: bool = True
+
+
+class TrackingSpec(_Spec):
+    """MLflow tracking options."""
+
+    experiment: str | None = Field(
+        None, min_length=1, description="MLflow experiment; set to the study name when left out."
+    )
+
+
+class StudySpec(_Spec):
+    """One study file."""
+
+    name: str
+    description: str | None = None
+    data: DataSpec = SyntheticDataSpec()
+    method: MethodSpec = MethodSpec()
+    search: SearchSpec
+    resources: ResourceSpec = ResourceSpec()
+    eval: EvalSpec = EvalSpec()
+    tracking: TrackingSpec = TrackingSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_experiment(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
+            return data
+
+        tracking = data.get("tracking")
+        if tracking is None:
+            return {**data, "tracking": {"experiment": data["name"]}}
+        if isinstance(tracking, Mapping) and tracking.get("experiment") is None:
+            return {**data, "tracking": {**tracking, "experiment": data["name"]}}
+        if isinstance(tracking, TrackingSpec) and tracking.experiment is None:
+            return {**data, "tracking": TrackingSpec(experiment=data["name"])}
+        return data
+
+    @field_validator("name", mode="after")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not STUDY_NAME_PATTERN.match(value) or set(value) == {"."}:
+            raise PydanticCustomError(
+                "study_name",
+                "must use only letters, digits, '_', '.' and '-' (it names folders and the "
+                "MLflow experiment) and must not be only dots",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_step2_search(self) -> StudySpec:
+        # Sampling step-2 settings while step 2 is off would spend trials on identical runs.
+        if self.method.step2.enabled or "step2.enabled" in self.search.space:
+            return self
+        message = "searches a step-2 setting but method.step2.enabled is false"
+        issues = [
+            _Issue(("search", "space", path), message, path)
+            for path in self.search.space
+            if path.startswith("step2.")
+        ]
+        if issues:
+            _raise_issues(issues)
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping instead of keeping the last."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, Hashable):
+            # construct_mapping reports unhashable keys itself.
+            continue
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"found duplicate key {key!r}",
+                key_node.start_mark,
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
+)
+
+
+def _yaml_error_message(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    detail = f"{problem} ({context})" if context else problem
+    return f"{where}invalid YAML: {detail}"
+
+
+def validate_study(data: Any, path: str | os.PathLike[str] = "<memory>") -> StudySpec:
+    """Validate parsed study data.
+
+    Args:
+        data: The study as parsed from YAML (a mapping).
+        path: Label used in error messages, normally the file the data came from.
+
+    Returns:
+        The validated, fully defaulted study.
+
+    Raises:
+        StudyValidationError: If the data is not a mapping or breaks the schema.
+    """
+    if not isinstance(data, Mapping):
+        fields = ", ".join(_yaml_field_names(StudySpec))
+        message = f"the top level must be a mapping with the fields {fields}"
+        if data is None:
+            problem = StudyProblem("", f"the file is empty; {message}")
+        else:
+            problem = StudyProblem("", f"{message}, not a {type(data).__name__}", data)
+        raise StudyValidationError(path, [problem])
+
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as exc:
+        raise StudyValidationError(path, _problems_from_error(exc)) from None
+
+
+def load_study(path: str | os.PathLike[str]) -> StudySpec:
+    """Read and validate a study file.
+
+    Args:
+        path: The YAML study file.
+
+    Returns:
+        The validated, fully defaulted study.
+
+    Raises:
+        StudyValidationError: If the file is missing or unreadable, is not valid YAML (the message
+            gives the line), has a top level that is not a mapping, or breaks the schema.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StudyValidationError(path, [StudyProblem("", "study file not found")]) from None
+    except OSError as exc:
+        message = f"cannot read the study file: {exc.strerror or exc}"
+        raise StudyValidationError(path, [StudyProblem("", message)]) from None
+
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        raise StudyValidationError(path, [StudyProblem("", _yaml_error_message(exc))]) from None
+
+    spec = validate_study(data, path)
+    logger.debug("loaded study %r from %s", spec.name, file)
+    return spec
+
+
+# --------------------------------------------------------------------------------------------
+# Trial settings
+# --------------------------------------------------------------------------------------------
+
+
+def _set_nested(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        data = data[key]
+    data[keys[-1]] = value
+
+
+def resolve_method(spec: StudySpec | MethodSpec, overrides: Mapping[str, Any]) -> MethodSpec:
+    """Apply a trial's sampled values to the study's method settings and validate the result.
+
+    Args:
+        spec: The study (its ``method`` is the base) or a method spec.
+        overrides: Values keyed by dotted method path, e.g. ``{"step1.beta": 0.5,
+            "step2.lambda": 1.0}``; Python names (``step2.lam``) are accepted too.
+
+    Returns:
+        A new method spec with the overrides applied.
+
+    Raises:
+        ValueError: If a path is not a method parameter, or the result breaks the schema; the
+            message names each field and value.
+    """
+    base = spec.method if isinstance(spec, StudySpec) else spec
+    data = base.model_dump(by_alias=True)
+
+    for raw_path, value in overrides.items():
+        path = canonical_method_path(str(raw_path))
+        if path is None:
+            raise ValueError(f"unknown method override {raw_path!r}: {_unknown_path_message(str(raw_path))}")
+        _set_nested(data, path.split("."), value)
+
+    try:
+        return MethodSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = [problem.render() for problem in _problems_from_error(exc, ("method",))]
+        raise ValueError("invalid method overrides:\n" + "\n".join(lines)) from None
+
+
+def _flatten(data: Mapping[str, Any], prefix: str, out: dict[str, str | float | int | bool]) -> None:
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            _flatten(value, name + ".", out)
+        elif isinstance(value, (str, float, int, bool)):
+            out[name] = value
+        else:
+            out[name] = json.dumps(value)
+
+
+def flatten_params(spec_or_model: StudySpec | BaseModel) -> dict[str, str | float | int | bool]:
+    """Flatten method settings into dotted names, e.g. for MLflow parameters.
+
+    Args:
+        spec_or_model: A study (its ``method`` is flattened), a method spec, or any other study
+            model (flattened as is).
+
+    Returns:
+        Values keyed by dotted YAML name, e.g. ``"hidden_dim"``, ``"step1.beta"``,
+        ``"step2.lambda"``. Lists and ``None`` are JSON-encoded strings.
+    """
+    model = spec_or_model.method if isinstance(spec_or_model, StudySpec) else spec_or_model
+    if not isinstance(model, BaseModel):
+        raise ValueError(f"expected a StudySpec or a pydantic model, got {type(model).__name__}")
+
+    out: dict[str, str | float | int | bool] = {}
+    _flatten(model.model_dump(mode="json", by_alias=True), "", out)
+    return out
+
+
+def dump_resolved_yaml(spec: StudySpec) -> str:
+    """Render the fully defaulted study as YAML, with YAML field names (``lambda``).
+
+    Args:
+        spec: A validated study.
+
+    Returns:
+        YAML text that :func:`load_study` reads back to an equal study.
+    """
+    data = spec.model_dump(mode="json", by_alias=True)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)

@@ -1,0 +1,232 @@
+"""The trial driver: the Ray Tune function trainable that runs, evaluates and logs one trial.
+
+A single-worker trial trains in the driver's own process, which Tune gives the trial's CPUs
+and GPUs; starting a Ray Train worker group costs 8-10 s (Ray 2.60, Train V2) and buys nothing
+for one worker. A multi-worker trial builds a ``TorchTrainer`` whose workers train
+data-parallel; the driver then holds no CPU of its own.
+
+Either way the driver creates the trial's MLflow child run, logs every epoch's metrics and
+checkpoint, evaluates the final model with linear probes, reports to Tune and ends the run with
+FINISHED, FAILED or KILLED.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from dssl.data.dataset import PairedDataset
+from dssl.eval.evaluate import evaluate_trial
+from dssl.study.schema import MethodSpec, StudySpec, flatten_params, resolve_method
+from dssl.study.space import method_overrides, seed_of
+from dssl.study.tracking import StudyTracker, log_metrics
+from dssl.train.checkpoint import load_state, save_state
+from dssl.train.loop import TrainedModels, TrainingState, restore_models, total_epochs, train_trial
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a study shares; passed to trials through Ray's object store."""
+
+    spec: StudySpec
+    tracking_uri: str
+    experiment_name: str
+    parent_run_id: str
+    dataset_ref: Any
+    storage_path: str
+
+
+def trial_resources(spec: StudySpec) -> dict[str, float]:
+    """Return the Tune resources of one trial driver."""
+    resources = spec.resources
+    if resources.num_workers == 1:
+        request = {"cpu": float(resources.cpus_per_worker)}
+        if resources.gpus_per_worker:
+            request["gpu"] = float(resources.gpus_per_worker)
+        return request
+    # The driver only waits on the TorchTrainer; a CPU held here would keep a worker from
+    # being scheduled. Ray rejects an all-zero request, so ask for a little memory instead.
+    return {"cpu": 0.0, "memory": float(64 * 1024**2)}
+
+
+def run_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """Run one trial: train, evaluate and log. Used as ``tune.with_parameters(run_trial, ...)``."""
+    tune_context = tune.get_context()
+    trial_id = tune_context.get_trial_id()
+    seed = seed_of(config)
+    method = resolve_method(context.spec, method_overrides(config))
+
+    tracker = StudyTracker(context.tracking_uri, context.experiment_name)
+    params = {**flatten_params(method), "seed": seed, "trial_id": trial_id}
+    params.update(_resource_params(context.spec))
+    run_id = tracker.start_trial_run(context.parent_run_id, trial_id, tune_context.get_trial_name(), params)
+
+    try:
+        started = time.perf_counter()
+        if context.spec.resources.num_workers == 1:
+            dataset = ray.get(context.dataset_ref)
+            models, last_metrics = _train_in_process(dataset, method, seed, context, tracker, run_id)
+        else:
+            dataset = ray.get(context.dataset_ref)
+            models, last_metrics = _train_with_trainer(method, seed, context, run_id, trial_id)
+        training_seconds = time.perf_counter() - started
+
+        final = evaluate_trial(
+            models,
+            dataset,
+            probe_max_train_samples=context.spec.eval.probe_max_train_samples,
+            seed=seed,
+        )
+        final["time/training_seconds"] = training_seconds
+        final["time/trial_seconds"] = time.perf_counter() - started
+        last_epoch = total_epochs(method)
+        tracker.log_metrics(run_id, final, step=last_epoch)
+        _log_model_artifacts(tracker, run_id, models)
+
+        tune.report({**last_metrics, **final, "epoch": float(last_epoch)})
+        tracker.finish(run_id, "FINISHED")
+        logger.info("trial %s finished: MLflow run %s", trial_id, run_id)
+    except BaseException as error:
+        # SystemExit comes from Tune stopping the trial (a scheduler decision); the rest are
+        # failures. Either way the run must not stay RUNNING.
+        status = "KILLED" if isinstance(error, (SystemExit, KeyboardInterrupt)) else "FAILED"
+        _end_run_after_error(tracker, run_id, status, error)
+        raise
+
+
+def _resource_params(spec: StudySpec) -> dict[str, Any]:
+    resources = spec.resources
+    return {
+        "resources.num_workers": resources.num_workers,
+        "resources.cpus_per_worker": resources.cpus_per_worker,
+        "resources.gpus_per_worker": resources.gpus_per_worker,
+        "data.kind": spec.data.kind,
+    }
+
+
+def _end_run_after_error(tracker: StudyTracker, run_id: str, status: str, error: BaseException) -> None:
+    try:
+        tracker.set_tags(run_id, {"dssl.error": f"{type(error).__name__}: {error}"[:4000]})
+        tracker.finish_if_running(run_id, status)
+    except Exception:  # the original error matters more than a tracking failure
+        logger.exception("could not mark MLflow run %s as %s", run_id, status)
+
+
+def _device_for(spec: StudySpec) -> torch.device:
+    if spec.resources.gpus_per_worker and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _train_in_process(
+    dataset: PairedDataset,
+    method: MethodSpec,
+    seed: int,
+    context: TrialContext,
+    tracker: StudyTracker,
+    run_id: str,
+) -> tuple[TrainedModels, dict[str, float]]:
+    torch.set_num_threads(max(1, int(context.spec.resources.cpus_per_worker)))
+    resume_from = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume_from = load_state(folder)
+        logger.info("trial resumes after epoch %d", resume_from.epoch)
+
+    last_metrics: dict[str, float] = {}
+    keep_checkpoints = context.spec.eval.checkpoint_every_epoch
+
+    def report(epoch: int, metrics: dict[str, float], state: TrainingState) -> None:
+        last_metrics.clear()
+        last_metrics.update(metrics)
+        log_metrics(tracker.client, run_id, metrics, step=epoch)
+        if not keep_checkpoints and epoch != total_epochs(method):
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="dssl-ckpt-") as folder:
+            save_state(state, folder)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    models = train_trial(
+        dataset,
+        method,
+        seed,
+        on_epoch_end=report,
+        device=_device_for(context.spec),
+        diagnostics_samples=context.spec.eval.diagnostics_samples,
+        resume_from=resume_from,
+    )
+    return models, last_metrics
+
+
+def _train_with_trainer(
+    method: MethodSpec,
+    seed: int,
+    context: TrialContext,
+    run_id: str,
+    trial_id: str,
+) -> tuple[TrainedModels, dict[str, float]]:
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from dssl.study.train_callback import MlflowTuneReportCallback
+    from dssl.train.worker import train_worker
+
+    resources = context.spec.resources
+    use_gpu = resources.gpus_per_worker > 0
+    per_worker = {"CPU": float(resources.cpus_per_worker)}
+    if use_gpu:
+        per_worker["GPU"] = float(resources.gpus_per_worker)
+
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "dataset_ref": context.dataset_ref,
+            "method": method.model_dump(),
+            "seed": seed,
+            "diagnostics_samples": context.spec.eval.diagnostics_samples,
+            "threads": max(1, int(resources.cpus_per_worker)),
+        },
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=resources.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=RunConfig(
+            name=f"train-{trial_id}",
+            storage_path=str(Path(context.storage_path) / "train"),
+            callbacks=[MlflowTuneReportCallback(context.tracking_uri, run_id)],
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"trial {trial_id}: Ray Train finished without a checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        state = load_state(folder)
+    dataset_dims = ray.get(context.dataset_ref)
+    models = restore_models(state, dataset_dims.x1.shape[1], dataset_dims.x2.shape[1], method)
+    return models, dict(result.metrics or {})
+
+
+def _log_model_artifacts(tracker: StudyTracker, run_id: str, models: TrainedModels) -> None:
+    """Log the final step-1 and step-2 weights as ``checkpoints/step1.pt`` and ``step2.pt``."""
+    with tempfile.TemporaryDirectory(prefix="dssl-models-") as folder:
+        step1 = Path(folder) / "step1.pt"
+        torch.save(models.shared.state_dict(), step1)
+        tracker.log_artifact(run_id, step1, artifact_path="checkpoints")
+        if models.specific is not None:
+            step2 = Path(folder) / "step2.pt"
+            state = {k: v for k, v in models.specific.state_dict().items() if not k.startswith("shared.")}
+            torch.save(state, step2)
+            tracker.log_artifact(run_id, step2, artifact_path="checkpoints")

@@ -1,0 +1,67 @@
+"""The Ray Train worker function of multi-worker trials.
+
+Each worker reads its own shard of the training split, trains with gradients averaged across
+workers (gloo on CPU, nccl on GPU) and reports every epoch through ``ray.train.report``. Rank 0
+attaches the checkpoint and is the only rank whose metrics include held-out diagnostics.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from typing import Any
+
+import ray
+import ray.train
+import torch
+
+from dssl.study.schema import MethodSpec
+from dssl.train.checkpoint import load_state, save_state
+from dssl.train.distributed import DataParallelContext
+from dssl.train.loop import TrainingState, train_trial
+
+logger = logging.getLogger(__name__)
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Train one trial on this Ray Train worker.
+
+    ``config`` keys: ``dataset_ref`` (an ObjectRef of a PairedDataset), ``method`` (a dict of
+    :class:`MethodSpec`), ``seed``, ``diagnostics_samples`` and ``threads``.
+    """
+    context = ray.train.get_context()
+    parallel = DataParallelContext(rank=context.get_world_rank(), world_size=context.get_world_size())
+    torch.set_num_threads(max(1, int(config["threads"])))
+    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+
+    dataset = ray.get(config["dataset_ref"])
+    method = MethodSpec.model_validate(config["method"])
+    seed = int(config["seed"])
+    shard = dataset.shard_indices(parallel.rank, parallel.world_size, seed)
+
+    resume_from = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume_from = load_state(folder)
+        logger.info("worker %d resumes after epoch %d", parallel.rank, resume_from.epoch)
+
+    def report(epoch: int, metrics: dict[str, float], state: TrainingState) -> None:
+        if not parallel.is_main:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory(prefix="dssl-ckpt-") as folder:
+            save_state(state, folder)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    train_trial(
+        dataset,
+        method,
+        seed,
+        on_epoch_end=report,
+        parallel=parallel,
+        device=device,
+        diagnostics_samples=int(config["diagnostics_samples"]),
+        shard_indices=shard,
+        resume_from=resume_from,
+    )
