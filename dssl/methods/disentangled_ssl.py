@@ -94,6 +94,20 @@ class SharedModel(nn.Module):
         """Return the deterministic shared embeddings e1, e2, each (B, embed_dim)."""
         return self.encoder1(x1), self.encoder2(x2)
 
+    def _sample_both(
+        self, e1: torch.Tensor, e2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return mu1, mu2 and the L2-normalised samples z1, z2 of both modalities, each (B, k).
+
+        The head samples every row independently, so both modalities go through one call on
+        the stacked (2B, k) embeddings: the sampler's fixed per-call cost is paid once. Rows
+        [:B] belong to modality 1.
+        """
+        batch = e1.shape[0]
+        mu, z = self.head.sample(torch.cat([e1, e2]))
+        z = F.normalize(z, dim=1)
+        return mu[:batch], mu[batch:], z[:batch], z[batch:]
+
     def loss_terms(
         self,
         x1: torch.Tensor,
@@ -103,12 +117,9 @@ class SharedModel(nn.Module):
         """Compute the step-1 loss terms for a local batch x1 (B, d1), x2 (B, d2)."""
         step1 = self.method.step1
         e1, e2 = self.embed(x1, x2)
-        mu1, z1 = self.head.sample(e1)
-        mu2, z2 = self.head.sample(e2)
+        mu1, mu2, z1, z2 = self._sample_both(e1, e2)
 
-        infonce = _gathered_infonce(
-            F.normalize(z1, dim=1), F.normalize(z2, dim=1), self.method.temperature, parallel
-        )
+        infonce = _gathered_infonce(z1, z2, self.method.temperature, parallel)
         penalty = conditional_mi_penalty(
             mu1, mu2, scale=step1.penalty, kappa=step1.kappa, head=_penalty_family(step1.head)
         )
@@ -124,11 +135,8 @@ class SharedModel(nn.Module):
             ``mi/cmi_upper_bound_kl`` = the symmetrised E KL on the KL scale (nats).
         """
         e1, e2 = self.embed(x1, x2)
-        mu1, z1 = self.head.sample(e1)
-        mu2, z2 = self.head.sample(e2)
-        infonce = symmetric_infonce(
-            F.normalize(z1, dim=1), F.normalize(z2, dim=1), self.method.temperature
-        )
+        mu1, mu2, z1, z2 = self._sample_both(e1, e2)
+        infonce = symmetric_infonce(z1, z2, self.method.temperature)
         # NOTE: a deterministic head has no posterior; its bound is reported as if it were a vMF
         # head of the configured kappa, which makes it comparable with the vMF trials only.
         upper = conditional_mi_upper_bound_nats(
@@ -191,18 +199,19 @@ class SpecificModel(nn.Module):
         s1, s2, _, _ = self._specific_and_shared(x1, x2)
         return s1, s2
 
-    def _view_terms(
+    def _augmented_views(
         self, x1: torch.Tensor, x2: torch.Tensor, generator: torch.Generator | None
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Return (s1, s2, c1, c2) for the views x' = T(x) and v = T(x')."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return both views of each modality stacked as [x' ; v], each (2B, d_m).
+
+        The four augmentations draw from ``generator`` in the order x1', x2', v1, v2.
+        """
         step2 = self.method.step2
         x1_first = augment(x1, step2.noise_std, step2.drop_fraction, generator)
         x2_first = augment(x2, step2.noise_std, step2.drop_fraction, generator)
         x1_second = augment(x1_first, step2.noise_std, step2.drop_fraction, generator)
         x2_second = augment(x2_first, step2.noise_std, step2.drop_fraction, generator)
-        first = list(self._specific_and_shared(x1_first, x2_first))
-        second = list(self._specific_and_shared(x1_second, x2_second))
-        return first, second
+        return torch.cat([x1_first, x1_second]), torch.cat([x2_first, x2_second])
 
     def loss_terms(
         self,
@@ -212,24 +221,26 @@ class SpecificModel(nn.Module):
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Compute the step-2 loss terms for a local batch x1 (B, d1), x2 (B, d2)."""
-        first, second = self._view_terms(x1, x2, generator)
-        s1_a, s2_a, c1_a, c2_a = first
-        s1_b, s2_b, c1_b, c2_b = second
+        batch = x1.shape[0]
+        x1_views, x2_views = self._augmented_views(x1, x2, generator)
+
+        # Both views go through each encoder as one (2B, d) batch: half the operator calls of
+        # two separate passes and larger matrix products. Rows [:B] are x', rows [B:] are v.
+        s1, s2, c1, c2 = self._specific_and_shared(x1_views, x2_views)
 
         # Modality 1's joint code pairs its specific embedding with the other modality's
         # frozen shared embedding, so the InfoNCE term rewards what X2 does not explain.
-        h1_a = F.normalize(torch.cat([s1_a, c2_a], dim=1), dim=1)
-        h1_b = F.normalize(torch.cat([s1_b, c2_b], dim=1), dim=1)
-        h2_a = F.normalize(torch.cat([s2_a, c1_a], dim=1), dim=1)
-        h2_b = F.normalize(torch.cat([s2_b, c1_b], dim=1), dim=1)
-        infonce1 = _gathered_infonce(h1_a, h1_b, self.method.temperature, parallel)
-        infonce2 = _gathered_infonce(h2_a, h2_b, self.method.temperature, parallel)
+        h1 = F.normalize(torch.cat([s1, c2], dim=1), dim=1)
+        h2 = F.normalize(torch.cat([s2, c1], dim=1), dim=1)
+        infonce1 = _gathered_infonce(h1[:batch], h1[batch:], self.method.temperature, parallel)
+        infonce2 = _gathered_infonce(h2[:batch], h2[batch:], self.method.temperature, parallel)
 
+        # The penalty is a norm per view and modality, so it is computed on each half separately.
         overlap = (
-            orthogonality_penalty(s1_a, c1_a)
-            + orthogonality_penalty(s1_b, c1_b)
-            + orthogonality_penalty(s2_a, c2_a)
-            + orthogonality_penalty(s2_b, c2_b)
+            orthogonality_penalty(s1[:batch], c1[:batch])
+            + orthogonality_penalty(s1[batch:], c1[batch:])
+            + orthogonality_penalty(s2[:batch], c2[:batch])
+            + orthogonality_penalty(s2[batch:], c2[batch:])
         ) / 4.0
         loss = infonce1 + infonce2 + self.method.step2.lam * overlap
         return {"loss": loss, "infonce1": infonce1, "infonce2": infonce2, "overlap": overlap}

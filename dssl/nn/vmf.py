@@ -335,6 +335,14 @@ def sample_vmf(mu: Tensor, kappa: float | Tensor, generator: torch.Generator | N
     sign s is piecewise constant, so the map is discontinuous where mu_1 changes sign; the
     distribution is the same on both sides.
 
+    Cost: about 0.45-0.55 ms per call at B = 256, d = 100, kappa = 1000 with
+    ``torch.set_num_threads(1)`` (best of 25 blocks of 200 calls, torch 2.13 CPU, one core of a
+    shared 2-core AMD EPYC VM). About 40% of it is random number generation (the (B, d - 1)
+    normals, the gammas and the exponentials). The rest is per-operation overhead.
+
+    NOTE: only the CPU path is covered by the tests. On CUDA the same operations run, with
+    float64 rejection arithmetic and one device synchronisation per rejection round.
+
     Args:
         mu: Mean directions, shape (B, d) with d >= 2 and unit-norm rows (not re-normalised here).
         kappa: Concentration >= 0: a number, a one-element tensor, or one value per row (B,).

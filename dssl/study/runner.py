@@ -72,8 +72,12 @@ def build_dataset(spec: StudySpec) -> PairedDataset:
     return load_dataset(spec.data.kind, **options)
 
 
-def ensure_ray() -> None:
-    """Connect to the cluster in ``RAY_ADDRESS`` or start a local Ray bound to 127.0.0.1."""
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Connect to the cluster in ``RAY_ADDRESS`` or start a local Ray bound to 127.0.0.1.
+
+    Args:
+        num_cpus: CPUs of a newly started local Ray (default: all of this machine's).
+    """
     for key, value in _RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
@@ -89,6 +93,7 @@ def ensure_ray() -> None:
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
+        num_cpus=num_cpus,
         log_to_driver=True,
     )
 

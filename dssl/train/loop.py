@@ -276,6 +276,28 @@ def _specific_only(specific: SpecificModel) -> dict[str, Any]:
     return {k: v for k, v in specific.state_dict().items() if not k.startswith("shared.")}
 
 
+# Devices with a fused (single-kernel) Adam in torch 2.13. On the CPU at the reference sizes the
+# fused update takes about a fifth of the time of the default per-parameter loop, which runs
+# some ten small operations per parameter tensor; the two differ only in float rounding.
+_FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
+
+def _make_adam(parameters: list[torch.nn.Parameter], lr: float, device: torch.device) -> torch.optim.Adam:
+    """Build Adam over ``parameters``, fused into one kernel per step where the device allows.
+
+    Args:
+        parameters: The parameters to train, all on ``device``.
+        lr: Initial learning rate.
+        device: The device the parameters live on.
+
+    Returns:
+        The optimiser.
+    """
+    if device.type in _FUSED_ADAM_DEVICES and all(p.is_floating_point() for p in parameters):
+        return torch.optim.Adam(parameters, lr=lr, fused=True)
+    return torch.optim.Adam(parameters, lr=lr)
+
+
 def _start_step(
     step: int,
     shared: SharedModel,
@@ -298,14 +320,18 @@ def _start_step(
         parameters = specific.trainable_parameters()
         settings = method.step2
 
-    optimizer = torch.optim.Adam(parameters, lr=settings.lr)
+    optimizer = _make_adam(parameters, settings.lr, device)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs, eta_min=0.0)
 
     if resume_from is not None and resume_from.step == step:
         if step == 2 and resume_from.specific is not None:
             assert specific is not None
             specific.load_state_dict(resume_from.specific, strict=False)
+        fused = optimizer.param_groups[0].get("fused")
         optimizer.load_state_dict(resume_from.optimizer)
+        # load_state_dict restores the saved "fused" flag too; keep the one this device supports.
+        for group in optimizer.param_groups:
+            group["fused"] = fused
         scheduler.load_state_dict(resume_from.scheduler)
         logger.info("resumed step %d after epoch %d", step, resume_from.epoch)
     return specific, optimizer, scheduler, parameters

@@ -1,0 +1,272 @@
+"""Fixed platform cost per trial: a small study through Ray Tune and MLflow versus the same work
+run in-process.
+
+For one worker count the benchmark
+
+1. writes a study file: synthetic data, the reference model sizes, a few epochs, a grid with one
+   ``step1.beta`` value and one seed per trial, run one trial at a time;
+2. times, in this process on one thread, what each trial computes: ``train_trial`` followed by
+   ``evaluate_trial`` with the trial's settings and seed (after one untimed warm-up run);
+3. runs the study with :func:`dssl.study.runner.run_study`, tracking to a temporary SQLite
+   store, and stops Ray afterwards;
+4. reads each trial's MLflow child run: its start time (the run is created near the start of
+   the trial function) and end time (set after the final report to Tune), both in milliseconds.
+
+Per trial it reports
+
+- ``span_s``: MLflow end minus start of the trial's run;
+- ``gap_s``: this run's start minus the previous trial run's end (Tune finishing the previous
+  trial, the searcher suggesting the next config, scheduling the trial on a reused or new actor,
+  and the trial function's set-up before its MLflow run exists);
+- ``cycle_s``: this run's end minus the previous run's end, so ``gap_s + span_s``;
+- ``in_process_s``: the same training and evaluation timed in-process;
+- ``overhead_s``: ``cycle_s - in_process_s``, the platform's cost per trial.
+
+The first trial has no previous trial: its start-up is part of ``startup_s`` (from the
+``run_study`` call to the first trial run's start), and its own ``overhead_s`` is
+``span_s - in_process_s``. The median per-trial overhead is taken over the later trials.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from dssl.eval.evaluate import evaluate_trial
+from dssl.study.schema import StudySpec, load_study, resolve_method
+from dssl.train.loop import train_trial
+
+logger = logging.getLogger(__name__)
+
+SEARCH_METRIC = "probe/shared/y_c"
+
+
+def study_document(
+    name: str,
+    num_workers: int,
+    trials: int,
+    n_samples: int,
+    step1_epochs: int,
+    step2_epochs: int,
+) -> dict[str, Any]:
+    """Return the study file (as a mapping) of one overhead measurement.
+
+    Args:
+        name: Study name.
+        num_workers: Data-parallel workers per trial (1 trains in the trial's own process).
+        trials: Number of sequential trials; trial ``i`` uses seed ``i``.
+        n_samples: Synthetic rows (80% train).
+        step1_epochs: Epochs of step 1.
+        step2_epochs: Epochs of step 2.
+
+    Returns:
+        A mapping that :func:`dssl.study.schema.load_study` accepts once written as YAML.
+    """
+    if trials < 2:
+        raise ValueError(f"trials must be at least 2 so that a trial follows another, got {trials}")
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be at least 1, got {num_workers}")
+    return {
+        "name": name,
+        "description": "dssl benchmark: fixed platform cost per trial",
+        "data": {"kind": "synthetic", "seed": 0, "test_fraction": 0.2, "n_samples": n_samples},
+        "method": {
+            "hidden_dim": 512,
+            "num_hidden_layers": 1,
+            "embed_dim": 100,
+            "batch_size": 256,
+            "temperature": 0.07,
+            "init_std": 0.01,
+            "step1": {
+                "beta": 0.1,
+                "penalty": "cosine",
+                "head": "vmf",
+                "kappa": 1000.0,
+                "epochs": step1_epochs,
+                "lr": 1.0e-3,
+            },
+            "step2": {"enabled": True, "lambda": 1.0, "epochs": step2_epochs, "lr": 1.0e-3},
+        },
+        "search": {
+            "algorithm": "grid",
+            "metric": SEARCH_METRIC,
+            "mode": "max",
+            "max_concurrent": 1,
+            "seeds": list(range(trials)),
+            "sampler_seed": 0,
+            "scheduler": "none",
+            "space": {"step1.beta": {"type": "grid", "values": [0.1]}},
+        },
+        "resources": {"num_workers": num_workers, "cpus_per_worker": 1, "gpus_per_worker": 0},
+        "eval": {"probe_max_train_samples": 2000, "diagnostics_samples": 512, "checkpoint_every_epoch": True},
+    }
+
+
+def write_study(path: Path, document: dict[str, Any]) -> StudySpec:
+    """Write ``document`` as YAML to ``path`` and return it validated."""
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return load_study(path)
+
+
+def time_in_process(spec: StudySpec, seeds: list[int]) -> dict[int, float]:
+    """Time each seed's training and evaluation in this process, as one trial would run them.
+
+    One untimed run of the first seed comes first, so that lazy initialisation is not counted.
+
+    Args:
+        spec: The study; its data, method and eval settings are used.
+        seeds: Training seeds to time.
+
+    Returns:
+        Seconds per seed.
+    """
+    from dssl.study.runner import build_dataset
+
+    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+    dataset = build_dataset(spec)
+    method = resolve_method(spec, {})
+
+    def one_trial(seed: int) -> None:
+        models = train_trial(dataset, method, seed, diagnostics_samples=spec.eval.diagnostics_samples)
+        evaluate_trial(models, dataset, probe_max_train_samples=spec.eval.probe_max_train_samples, seed=seed)
+
+    one_trial(seeds[0])
+    seconds: dict[int, float] = {}
+    for seed in seeds:
+        started = time.perf_counter()
+        one_trial(seed)
+        seconds[seed] = time.perf_counter() - started
+    return seconds
+
+
+def _trial_runs(tracking_uri: str, experiment_name: str, parent_run_id: str) -> list[dict[str, Any]]:
+    """Return the study's trial runs (seed, status, start and end in seconds), by start time."""
+    from mlflow import MlflowClient
+
+    from dssl.study.tracking import STUDY_RUN_TAG
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise RuntimeError(f"MLflow experiment {experiment_name!r} not found at {tracking_uri}")
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{STUDY_RUN_TAG}` = '{parent_run_id}'", max_results=1000
+    )
+    rows = [
+        {
+            "seed": int(run.data.params["seed"]),
+            "status": run.info.status,
+            "start": run.info.start_time / 1000.0,
+            "end": (run.info.end_time or 0) / 1000.0,
+        }
+        for run in runs
+        if run.info.run_id != parent_run_id
+    ]
+    return sorted(rows, key=lambda row: row["start"])
+
+
+def run_overhead_study(
+    work_dir: Path,
+    num_workers: int,
+    trials: int,
+    in_process_seconds: dict[int, float] | None = None,
+    n_samples: int = 6000,
+    step1_epochs: int = 3,
+    step2_epochs: int = 2,
+) -> dict[str, Any]:
+    """Run one small study and compare each trial with the same work run in-process.
+
+    Ray is started by ``run_study`` and stopped here before returning. ``RAY_ADDRESS`` is
+    removed from the environment so that a fresh local Ray is measured.
+
+    Args:
+        work_dir: Empty folder for the study file, the MLflow store and Tune's results.
+        num_workers: Data-parallel workers per trial.
+        trials: Sequential trials, at least 2.
+        in_process_seconds: In-process seconds per seed from an earlier call with the same
+            data and method settings; measured here when ``None``.
+        n_samples: Synthetic rows.
+        step1_epochs: Epochs of step 1.
+        step2_epochs: Epochs of step 2.
+
+    Returns:
+        ``trials`` (the per-trial rows described in the module docstring),
+        ``median_overhead_s`` and its min and max over trials 2..n, ``startup_s``,
+        ``teardown_s``, ``ray_shutdown_s``, ``study_seconds``, ``in_process_seconds`` and
+        ``settings``.
+    """
+    import ray
+
+    from dssl.study.runner import run_study
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    study_path = work_dir / "study.yaml"
+    name = f"bench-overhead-{num_workers}w"
+    document = study_document(name, num_workers, trials, n_samples, step1_epochs, step2_epochs)
+    spec = write_study(study_path, document)
+    seeds = list(range(trials))
+    if in_process_seconds is None:
+        in_process_seconds = time_in_process(spec, seeds)
+
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    tracking_uri = f"sqlite:///{work_dir / 'mlflow.db'}"
+    if ray.is_initialized():
+        ray.shutdown()
+    called = time.time()
+    try:
+        outcome = run_study(study_path, tracking_uri=tracking_uri, storage_path=work_dir / "results")
+        returned = time.time()
+    finally:
+        shutdown_started = time.perf_counter()
+        ray.shutdown()
+        ray_shutdown_s = time.perf_counter() - shutdown_started
+    if outcome.errors:
+        raise RuntimeError(f"{outcome.errors} of {outcome.trials} benchmark trials failed; see {outcome.results_path}")
+
+    runs = _trial_runs(outcome.tracking_uri, outcome.experiment_name, outcome.parent_run_id)
+    if len(runs) != trials or any(run["status"] != "FINISHED" for run in runs):
+        raise RuntimeError(f"expected {trials} FINISHED trial runs, got {[(r['seed'], r['status']) for r in runs]}")
+
+    rows = []
+    for index, run in enumerate(runs):
+        in_process = in_process_seconds[run["seed"]]
+        span = run["end"] - run["start"]
+        row = {"seed": run["seed"], "span_s": span, "in_process_s": in_process}
+        if index == 0:
+            row.update({"gap_s": None, "cycle_s": None, "overhead_s": span - in_process})
+        else:
+            previous_end = runs[index - 1]["end"]
+            cycle = run["end"] - previous_end
+            row.update({"gap_s": run["start"] - previous_end, "cycle_s": cycle, "overhead_s": cycle - in_process})
+        rows.append(row)
+
+    later = [row["overhead_s"] for row in rows[1:]]
+    return {
+        "num_workers": num_workers,
+        "trials": rows,
+        "median_overhead_s": statistics.median(later),
+        "min_overhead_s": min(later),
+        "max_overhead_s": max(later),
+        "median_gap_s": statistics.median(row["gap_s"] for row in rows[1:]),
+        "median_span_minus_in_process_s": statistics.median(row["span_s"] - row["in_process_s"] for row in rows[1:]),
+        "startup_s": runs[0]["start"] - called,
+        "teardown_s": returned - runs[-1]["end"],
+        "ray_shutdown_s": ray_shutdown_s,
+        "study_seconds": returned - called,
+        "in_process_seconds": {str(seed): value for seed, value in in_process_seconds.items()},
+        "settings": {
+            "n_samples": n_samples,
+            "step1_epochs": step1_epochs,
+            "step2_epochs": step2_epochs,
+            "trials": trials,
+            "checkpoint_every_epoch": True,
+        },
+    }
