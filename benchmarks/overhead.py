@@ -25,6 +25,12 @@ Per trial it reports
 The first trial has no previous trial: its start-up is part of ``startup_s`` (from the
 ``run_study`` call to the first trial run's start), and its own ``overhead_s`` is
 ``span_s - in_process_s``. The median per-trial overhead is taken over the later trials.
+
+Each span is also split at the MLflow timestamps of the trial's first and last ``epoch``
+metric (logged when an epoch's report reaches the trial driver), and the in-process run at the
+matching ``on_epoch_end`` calls, into three phases: run start to first epoch, first to last
+epoch, and last epoch to run end (evaluation, artifacts, final report). Each phase's
+difference shows where the overhead arises.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Any
 
 import torch
 import yaml
+from threadpoolctl import threadpool_limits
 
 from dssl.eval.evaluate import evaluate_trial
 from dssl.study.schema import StudySpec, load_study, resolve_method
@@ -115,39 +122,65 @@ def write_study(path: Path, document: dict[str, Any]) -> StudySpec:
     return load_study(path)
 
 
-def time_in_process(spec: StudySpec, seeds: list[int]) -> dict[int, float]:
+PHASES = ("start_to_first_epoch", "first_to_last_epoch", "last_epoch_to_end")
+
+
+def time_in_process(spec: StudySpec, seeds: list[int]) -> dict[int, dict[str, float]]:
     """Time each seed's training and evaluation in this process, as one trial would run them.
 
     One untimed run of the first seed comes first, so that lazy initialisation is not counted.
+    Torch and the BLAS and OpenMP pools of NumPy and scikit-learn are limited to the trial's CPU
+    count, as Ray limits a trial's process (it sets ``OMP_NUM_THREADS``); with more threads than
+    cores the probe fits run several times slower on a loaded machine.
 
     Args:
         spec: The study; its data, method and eval settings are used.
         seeds: Training seeds to time.
 
     Returns:
-        Seconds per seed.
+        Per seed: ``total_s`` and the seconds of each of :data:`PHASES`, split at the
+        ``on_epoch_end`` calls of the first and the last epoch.
     """
     from dssl.study.runner import build_dataset
 
-    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+    threads = max(1, int(spec.resources.cpus_per_worker))
+    torch.set_num_threads(threads)
     dataset = build_dataset(spec)
     method = resolve_method(spec, {})
 
-    def one_trial(seed: int) -> None:
-        models = train_trial(dataset, method, seed, diagnostics_samples=spec.eval.diagnostics_samples)
-        evaluate_trial(models, dataset, probe_max_train_samples=spec.eval.probe_max_train_samples, seed=seed)
-
-    one_trial(seeds[0])
-    seconds: dict[int, float] = {}
-    for seed in seeds:
+    def one_trial(seed: int) -> dict[str, float]:
+        epoch_ends: list[float] = []
         started = time.perf_counter()
-        one_trial(seed)
-        seconds[seed] = time.perf_counter() - started
-    return seconds
+        models = train_trial(
+            dataset,
+            method,
+            seed,
+            on_epoch_end=lambda epoch, metrics, state: epoch_ends.append(time.perf_counter()),
+            diagnostics_samples=spec.eval.diagnostics_samples,
+        )
+        evaluate_trial(models, dataset, probe_max_train_samples=spec.eval.probe_max_train_samples, seed=seed)
+        finished = time.perf_counter()
+        return {
+            "total_s": finished - started,
+            "start_to_first_epoch": epoch_ends[0] - started,
+            "first_to_last_epoch": epoch_ends[-1] - epoch_ends[0],
+            "last_epoch_to_end": finished - epoch_ends[-1],
+        }
+
+    timings: dict[int, dict[str, float]] = {}
+    with threadpool_limits(limits=threads):
+        one_trial(seeds[0])
+        for seed in seeds:
+            timings[seed] = one_trial(seed)
+    return timings
 
 
 def _trial_runs(tracking_uri: str, experiment_name: str, parent_run_id: str) -> list[dict[str, Any]]:
-    """Return the study's trial runs (seed, status, start and end in seconds), by start time."""
+    """Return the study's trial runs, sorted by start time.
+
+    Each row holds the seed, the status, and the start, end, first-epoch and last-epoch times
+    in seconds since the epoch (from MLflow's millisecond timestamps).
+    """
     from mlflow import MlflowClient
 
     from dssl.study.tracking import STUDY_RUN_TAG
@@ -159,24 +192,44 @@ def _trial_runs(tracking_uri: str, experiment_name: str, parent_run_id: str) -> 
     runs = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`{STUDY_RUN_TAG}` = '{parent_run_id}'", max_results=1000
     )
-    rows = [
-        {
-            "seed": int(run.data.params["seed"]),
-            "status": run.info.status,
-            "start": run.info.start_time / 1000.0,
-            "end": (run.info.end_time or 0) / 1000.0,
-        }
-        for run in runs
-        if run.info.run_id != parent_run_id
-    ]
+    rows = []
+    for run in runs:
+        if run.info.run_id == parent_run_id:
+            continue
+        epochs = sorted(client.get_metric_history(run.info.run_id, "epoch"), key=lambda metric: metric.step)
+        if not epochs:
+            raise RuntimeError(f"trial run {run.info.run_id} logged no 'epoch' metric")
+        rows.append(
+            {
+                "seed": int(run.data.params["seed"]),
+                "status": run.info.status,
+                "start": run.info.start_time / 1000.0,
+                "end": (run.info.end_time or 0) / 1000.0,
+                "first_epoch": epochs[0].timestamp / 1000.0,
+                "last_epoch": epochs[-1].timestamp / 1000.0,
+            }
+        )
     return sorted(rows, key=lambda row: row["start"])
+
+
+def _phase_rows(run: dict[str, Any], in_process: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Compare the trial's three phases with the in-process ones (seconds)."""
+    trial = {
+        "start_to_first_epoch": run["first_epoch"] - run["start"],
+        "first_to_last_epoch": run["last_epoch"] - run["first_epoch"],
+        "last_epoch_to_end": run["end"] - run["last_epoch"],
+    }
+    return {
+        phase: {"trial_s": trial[phase], "in_process_s": in_process[phase], "difference_s": trial[phase] - in_process[phase]}
+        for phase in PHASES
+    }
 
 
 def run_overhead_study(
     work_dir: Path,
     num_workers: int,
     trials: int,
-    in_process_seconds: dict[int, float] | None = None,
+    in_process: dict[int, dict[str, float]] | None = None,
     n_samples: int = 6000,
     step1_epochs: int = 3,
     step2_epochs: int = 2,
@@ -190,8 +243,8 @@ def run_overhead_study(
         work_dir: Empty folder for the study file, the MLflow store and Tune's results.
         num_workers: Data-parallel workers per trial.
         trials: Sequential trials, at least 2.
-        in_process_seconds: In-process seconds per seed from an earlier call with the same
-            data and method settings; measured here when ``None``.
+        in_process: In-process timings per seed (see :func:`time_in_process`) from an earlier
+            call with the same data, method and eval settings; measured here when ``None``.
         n_samples: Synthetic rows.
         step1_epochs: Epochs of step 1.
         step2_epochs: Epochs of step 2.
@@ -199,8 +252,8 @@ def run_overhead_study(
     Returns:
         ``trials`` (the per-trial rows described in the module docstring),
         ``median_overhead_s`` and its min and max over trials 2..n, ``startup_s``,
-        ``teardown_s``, ``ray_shutdown_s``, ``study_seconds``, ``in_process_seconds`` and
-        ``settings``.
+        the median per phase difference, ``startup_s``, ``teardown_s``, ``ray_shutdown_s``,
+        ``study_seconds``, ``in_process`` and ``settings``.
     """
     import ray
 
@@ -212,8 +265,8 @@ def run_overhead_study(
     document = study_document(name, num_workers, trials, n_samples, step1_epochs, step2_epochs)
     spec = write_study(study_path, document)
     seeds = list(range(trials))
-    if in_process_seconds is None:
-        in_process_seconds = time_in_process(spec, seeds)
+    if in_process is None:
+        in_process = time_in_process(spec, seeds)
 
     os.environ.pop("RAY_ADDRESS", None)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -237,36 +290,42 @@ def run_overhead_study(
 
     rows = []
     for index, run in enumerate(runs):
-        in_process = in_process_seconds[run["seed"]]
+        baseline = in_process[run["seed"]]
         span = run["end"] - run["start"]
-        row = {"seed": run["seed"], "span_s": span, "in_process_s": in_process}
+        row: dict[str, Any] = {"seed": run["seed"], "span_s": span, "in_process_s": baseline["total_s"]}
         if index == 0:
-            row.update({"gap_s": None, "cycle_s": None, "overhead_s": span - in_process})
+            row.update({"gap_s": None, "cycle_s": None, "overhead_s": span - baseline["total_s"]})
         else:
             previous_end = runs[index - 1]["end"]
             cycle = run["end"] - previous_end
-            row.update({"gap_s": run["start"] - previous_end, "cycle_s": cycle, "overhead_s": cycle - in_process})
+            row.update({"gap_s": run["start"] - previous_end, "cycle_s": cycle, "overhead_s": cycle - baseline["total_s"]})
+        row["phases"] = _phase_rows(run, baseline)
         rows.append(row)
 
-    later = [row["overhead_s"] for row in rows[1:]]
+    later = rows[1:]
+    overheads = [row["overhead_s"] for row in later]
     return {
         "num_workers": num_workers,
         "trials": rows,
-        "median_overhead_s": statistics.median(later),
-        "min_overhead_s": min(later),
-        "max_overhead_s": max(later),
-        "median_gap_s": statistics.median(row["gap_s"] for row in rows[1:]),
-        "median_span_minus_in_process_s": statistics.median(row["span_s"] - row["in_process_s"] for row in rows[1:]),
+        "median_overhead_s": statistics.median(overheads),
+        "min_overhead_s": min(overheads),
+        "max_overhead_s": max(overheads),
+        "median_gap_s": statistics.median(row["gap_s"] for row in later),
+        "median_phase_difference_s": {
+            phase: statistics.median(row["phases"][phase]["difference_s"] for row in later) for phase in PHASES
+        },
         "startup_s": runs[0]["start"] - called,
         "teardown_s": returned - runs[-1]["end"],
         "ray_shutdown_s": ray_shutdown_s,
         "study_seconds": returned - called,
-        "in_process_seconds": {str(seed): value for seed, value in in_process_seconds.items()},
+        "in_process": {str(seed): value for seed, value in in_process.items()},
         "settings": {
             "n_samples": n_samples,
             "step1_epochs": step1_epochs,
             "step2_epochs": step2_epochs,
             "trials": trials,
+            "probe_max_train_samples": 2000,
+            "diagnostics_samples": 512,
             "checkpoint_every_epoch": True,
         },
     }

@@ -459,7 +459,7 @@ def test_validation_error_pickles(tmp_path: Path) -> None:
 
 
 def test_defaults_fill_study() -> None:
-    spec = validate_study({"name": "tiny", "search": {"metric": "m", "num_trials": 1}})
+    spec = validate_study({"name": "tiny", "search": {"metric": "probe/shared/y_c", "num_trials": 1}})
 
     assert spec.data.kind == "synthetic"
     assert (spec.data.n_samples, spec.data.latent_dim, spec.data.x_dim) == (90000, 50, 100)
@@ -736,3 +736,31 @@ def test_ray_optuna_search_suggests_dotted_keys(tmp_path: Path) -> None:
     assert seed_of(config) in spec.search.seeds
     assert (tmp_path / "searcher.pkl").stat().st_size > 0
 
+
+
+def test_unknown_metric_rejected(tmp_path: Path) -> None:
+    data = _base_study()
+    data["search"]["metric"] = "probe/shared/yc"
+    error = _load_error(tmp_path, data)
+    line = _line_for(error, "search.metric")
+    assert "'probe/shared/yc'" in line
+    assert "did you mean 'probe/shared/y_c'" in line
+
+
+def test_specific_metric_needs_step2(tmp_path: Path) -> None:
+    data = _base_study()
+    data["method"] = {"step2": {"enabled": False}}
+    data["search"]["metric"] = "probe/specific1/y_1"
+    data["search"]["space"] = {"step1.beta": {"type": "loguniform", "low": 0.01, "high": 1.0}}
+    error = _load_error(tmp_path, data)
+    assert "probe/specific1/y_1" in _line_for(error, "search.metric")
+
+
+def test_batch_not_divisible_by_workers(tmp_path: Path) -> None:
+    data = _base_study()
+    data["method"] = {"batch_size": 255}
+    data["resources"] = {"num_workers": 2}
+    error = _load_error(tmp_path, data)
+    line = _line_for(error, "method.batch_size")
+    assert "255" in line
+    assert "num_workers (2)" in line

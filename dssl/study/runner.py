@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 import ray
 from ray import tune
+from ray.tune import CLIReporter
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -40,6 +41,8 @@ _RAY_ENV_DEFAULTS = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     "RAY_TRAIN_V2_ENABLED": "1",
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # Tune's newer console output ignores a custom reporter; this one lists the study's own columns.
+    "RAY_AIR_NEW_OUTPUT": "0",
 }
 
 
@@ -167,6 +170,22 @@ def _build_scheduler(spec: StudySpec) -> ASHAScheduler | None:
     )
 
 
+def _build_reporter(spec: StudySpec) -> CLIReporter:
+    """Return the console trial table: sampled settings, epoch, losses and the study metrics."""
+    metrics = [spec.search.metric] if isinstance(spec.search.metric, str) else list(spec.search.metric)
+    columns = {"epoch": "epoch", "step1/train/loss": "step1 loss", "mi/shared_infonce_lower_bound": "I_nce (nats)"}
+    if spec.method.step2.enabled:
+        columns["step2/train/loss"] = "step2 loss"
+    columns.update({metric: metric for metric in metrics})
+    parameters = {name: name for name in spec.search.space} | {"seed": "seed"}
+    return CLIReporter(
+        metric_columns=columns,
+        parameter_columns=parameters,
+        max_report_frequency=15,
+        sort_by_metric=False,
+    )
+
+
 def _num_trials(spec: StudySpec) -> int:
     if spec.search.algorithm == "grid":
         return grid_size(spec)
@@ -237,7 +256,9 @@ def run_study(
         tracker.finish_if_running(parent_run_id, status)
         raise
     _close_children(tracker, parent_run_id, "KILLED")
-    tracker.finish(parent_run_id, "FINISHED" if outcome.errors == 0 else "FAILED")
+    # A failed trial does not fail the study: its own run is FAILED and the count is logged.
+    tracker.log_metrics(parent_run_id, {"trials/total": outcome.trials, "trials/failed": outcome.errors}, step=0)
+    tracker.finish(parent_run_id, "FINISHED")
     return outcome
 
 
@@ -265,6 +286,7 @@ def _fit(
             name=run_name,
             storage_path=str(storage),
             callbacks=[_TrialRunCloser(tracker, context.parent_run_id)],
+            progress_reporter=_build_reporter(spec),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=0),
         ),

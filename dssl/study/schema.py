@@ -1013,6 +1013,37 @@ class StudySpec(_Spec):
             _raise_issues(issues)
         return self
 
+    @model_validator(mode="after")
+    def _check_metrics_and_workers(self) -> StudySpec:
+        from dssl.study.metric_names import final_metric_names, per_epoch_metric_names
+
+        issues = []
+        available = final_metric_names(self)
+        for index, metric in enumerate(self.search.metrics):
+            if metric not in available:
+                location = ("search", "metric") if isinstance(self.search.metric, str) else ("search", "metric", index)
+                suggestion = _did_you_mean(metric, sorted(available))
+                message = (
+                    f"is not a metric that trials of this study report; {suggestion}"
+                    f"choose one of {', '.join(sorted(available))}"
+                )
+                issues.append(_Issue(location, message, metric))
+        if self.search.scheduler == "asha" and self.search.asha.metric is not None:
+            per_epoch = per_epoch_metric_names(self)
+            if self.search.asha.metric not in per_epoch:
+                message = f"must be a metric reported every epoch, one of {', '.join(sorted(per_epoch))}"
+                issues.append(_Issue(("search", "asha", "metric"), message, self.search.asha.metric))
+        workers = self.resources.num_workers
+        if self.method.batch_size % workers != 0:
+            message = (
+                f"must be divisible by resources.num_workers ({workers}), because each worker "
+                "trains on batch_size / num_workers rows"
+            )
+            issues.append(_Issue(("method", "batch_size"), message, self.method.batch_size))
+        if issues:
+            _raise_issues(issues)
+        return self
+
 
 # --------------------------------------------------------------------------------------------
 # Loading

@@ -21,6 +21,7 @@ from typing import Any
 
 import ray
 import torch
+from mlflow import MlflowClient
 from ray import tune
 
 from dssl.data.dataset import PairedDataset
@@ -73,12 +74,11 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 
     try:
         started = time.perf_counter()
+        dataset = ray.get(context.dataset_ref)
         if context.spec.resources.num_workers == 1:
-            dataset = ray.get(context.dataset_ref)
             models, last_metrics = _train_in_process(dataset, method, seed, context, tracker, run_id)
         else:
-            dataset = ray.get(context.dataset_ref)
-            models, last_metrics = _train_with_trainer(method, seed, context, run_id, trial_id)
+            models, last_metrics = _train_with_trainer(dataset, method, seed, context, run_id, trial_id)
         training_seconds = time.perf_counter() - started
 
         final = evaluate_trial(
@@ -148,7 +148,7 @@ def _train_in_process(
     keep_checkpoints = context.spec.eval.checkpoint_every_epoch
 
     def report(epoch: int, metrics: dict[str, float], state: TrainingState) -> None:
-        last_metrics.clear()
+        # The latest value of every metric, step-1 ones included after step 2 has started.
         last_metrics.update(metrics)
         log_metrics(tracker.client, run_id, metrics, step=epoch)
         if not keep_checkpoints and epoch != total_epochs(method):
@@ -171,6 +171,7 @@ def _train_in_process(
 
 
 def _train_with_trainer(
+    dataset: PairedDataset,
     method: MethodSpec,
     seed: int,
     context: TrialContext,
@@ -214,9 +215,10 @@ def _train_with_trainer(
         raise RuntimeError(f"trial {trial_id}: Ray Train finished without a checkpoint")
     with result.checkpoint.as_directory() as folder:
         state = load_state(folder)
-    dataset_dims = ray.get(context.dataset_ref)
-    models = restore_models(state, dataset_dims.x1.shape[1], dataset_dims.x2.shape[1], method)
-    return models, dict(result.metrics or {})
+    models = restore_models(state, dataset.x1.shape[1], dataset.x2.shape[1], method)
+    # MLflow keeps the latest value of every metric the callback logged, step-1 ones included.
+    latest = MlflowClient(tracking_uri=context.tracking_uri).get_run(run_id).data.metrics
+    return models, {**latest, **(result.metrics or {})}
 
 
 def _log_model_artifacts(tracker: StudyTracker, run_id: str, models: TrainedModels) -> None:
