@@ -1,3 +1,3 @@
-"""Performance benchmarks of dssl; run them with ``python benchmarks/run.py [--quick]``."""
+"""Performance benchmarks of dssl. Run them with ``python benchmarks/run.py [--quick]``."""
 
 from __future__ import annotations

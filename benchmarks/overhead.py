@@ -15,9 +15,9 @@ For one worker count the benchmark
 Per trial it reports
 
 - ``span_s``: MLflow end minus start of the trial's run;
-- ``gap_s``: this run's start minus the previous trial run's end (Tune finishing the previous
-  trial, the searcher suggesting the next config, scheduling the trial on a reused or new actor,
-  and the trial function's set-up before its MLflow run exists);
+- ``gap_s``: this run's start minus the previous trial run's end. It covers Tune finishing the
+  previous trial, the searcher suggesting the next config, scheduling the trial on a reused or
+  new actor, and the trial function's set-up before its MLflow run exists;
 - ``cycle_s``: this run's end minus the previous run's end, so ``gap_s + span_s``;
 - ``in_process_s``: the same training and evaluation timed in-process;
 - ``overhead_s``: ``cycle_s - in_process_s``, the platform's cost per trial.
@@ -130,8 +130,8 @@ def time_in_process(spec: StudySpec, seeds: list[int]) -> dict[int, dict[str, fl
 
     One untimed run of the first seed comes first, so that lazy initialisation is not counted.
     Torch and the BLAS and OpenMP pools of NumPy and scikit-learn are limited to the trial's CPU
-    count, as Ray limits a trial's process (it sets ``OMP_NUM_THREADS``); with more threads than
-    cores the probe fits run several times slower on a loaded machine.
+    count, as Ray limits a trial's process by setting ``OMP_NUM_THREADS``. With more threads
+    than cores the probe fits run several times slower on a loaded machine.
 
     Args:
         spec: The study; its data, method and eval settings are used.
@@ -178,8 +178,8 @@ def time_in_process(spec: StudySpec, seeds: list[int]) -> dict[int, dict[str, fl
 def _trial_runs(tracking_uri: str, experiment_name: str, parent_run_id: str) -> list[dict[str, Any]]:
     """Return the study's trial runs, sorted by start time.
 
-    Each row holds the seed, the status, and the start, end, first-epoch and last-epoch times
-    in seconds since the epoch (from MLflow's millisecond timestamps).
+    Each row contains the seed, the status, and the start, end, first-epoch and last-epoch
+    times in Unix seconds (from MLflow's millisecond timestamps).
     """
     from mlflow import MlflowClient
 

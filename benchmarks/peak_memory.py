@@ -38,7 +38,7 @@ def _peak_rss_mib() -> float:
 
 
 def _child(n_samples: int) -> dict[str, Any]:
-    """Build the dataset and train one epoch of each step; return the memory figures."""
+    """Build the dataset, train one epoch of each step and return the memory figures."""
     started = time.perf_counter()
     import torch
 

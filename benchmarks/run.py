@@ -2,8 +2,8 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/run.py            # full run, a few minutes on 2 CPU cores
-    .venv/bin/python benchmarks/run.py --quick    # fewer repeats and trials
+    .venv/bin/python benchmarks/run.py            # full run, about 5 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/run.py --quick    # fewer repeats and trials, about 4 minutes
 
 Measured in one run, in this order:
 
@@ -13,9 +13,8 @@ Measured in one run, in this order:
 4. the peak memory of a fresh process that trains both steps for one epoch on 90,000 rows;
 5. the fixed platform cost per trial of 1-worker and 2-worker studies, and the study start-up.
 
-The load average is recorded before and after each part: other jobs on the machine slow every
-number down, so a run whose load exceeds about one more than this process's own should be
-repeated.
+The load average is recorded before and after each part. Other jobs on the machine slow every
+number down, so repeat a run whose load average before a part exceeds about 1.
 """
 
 from __future__ import annotations
@@ -127,7 +126,7 @@ def _section(results: dict[str, Any], name: str, work: Any) -> Any:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    """Run every benchmark part; return the results."""
+    """Run every benchmark part and return the results."""
     settings = _settings(quick)
     torch.set_num_threads(1)
     method = throughput.paper_method()
@@ -205,7 +204,7 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _ceiling(results: dict[str, Any], step: int) -> float:
-    """Samples/s if the step did nothing but its matrix products at the model-shape GEMM speed."""
+    """Return the samples/s of ``step`` if it ran only its matrix products, at the fastest sgemm rate."""
     gflops = results["sgemm_gflops"]
     rate = max(value for key, value in gflops.items() if key != "1024^3") * 1e9
     seconds_per_batch = results["matmul_flops_per_batch"][f"step{step}"] / rate
@@ -230,8 +229,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"{part['ms_per_batch']:.2f} | | | |"
         )
         lines.append(
-            f"| Step-{step} matmul-bound ceiling, samples/s "
-            f"({results['matmul_flops_per_batch'][f'step{step}'] / 1e9:.3f} GFLOP per batch) | "
+            f"| Step-{step} matmul-bound ceiling, samples/s ({results['matmul_flops_per_batch'][f'step{step}'] / 1e9:.3f} "
+            "GFLOP per batch at the fastest model-shape sgemm rate) | "
             f"{_ceiling(results, step):,.0f} | | | |"
         )
     memory = results["peak_memory"]
@@ -308,7 +307,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and trials (about two minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and trials (about 4 minutes instead of 5)")
     parser.add_argument(
         "--output",
         type=Path,

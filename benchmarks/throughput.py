@@ -8,7 +8,7 @@ the Adam update over them.
 
 Timings are reported as the median over repeats, with the smallest and largest repeat as the
 spread. Each repeat records wall time (``time.perf_counter``) and the CPU time of this process
-(``time.process_time``); on a machine shared with other jobs the CPU-time figure moves less.
+(``time.process_time``). On a machine shared with other jobs the CPU-time figure moves less.
 """
 
 from __future__ import annotations
@@ -117,9 +117,9 @@ def time_repeats(work: Callable[[], Any], repeats: int, warmup: int = 1) -> Timi
 
 
 def _throughput_dataset(batch_size: int, batches_per_block: int) -> PairedDataset:
-    """Build a synthetic dataset whose train split holds at least one block of batches."""
+    """Build a synthetic dataset whose train split contains at least one block of batches."""
     train_rows = batch_size * batches_per_block
-    # The test split takes 20%, so n rows give 0.8 n train rows; 8 spare rows absorb rounding.
+    # The test split takes 20%, so n rows give 0.8 n train rows. Eight spare rows absorb rounding.
     n_samples = int(np.ceil(train_rows / 0.8)) + 8
     return make_synthetic(n_samples=n_samples, seed=SEED)
 
@@ -127,7 +127,7 @@ def _throughput_dataset(batch_size: int, batches_per_block: int) -> PairedDatase
 def _step_block(
     dataset: PairedDataset, method: MethodSpec, step: int, batches_per_block: int
 ) -> tuple[Callable[[], dict[str, float]], int]:
-    """Prepare one block of training batches of ``step``; return the block runner and its rows.
+    """Prepare one block of training batches of ``step`` and return its runner and row count.
 
     The model part and optimiser come from :func:`dssl.train.loop._start_step`, as in training.
     Step 2 runs on an untrained step-1 model: its cost does not depend on the shared weights.
@@ -213,13 +213,15 @@ def _mlp_widths(in_dim: int, method: MethodSpec) -> list[int]:
 def matmul_flops_per_batch(method: MethodSpec, x1_dim: int, x2_dim: int) -> dict[str, float]:
     """Count the matrix-multiply FLOPs (2 per multiply-add) of one training batch of each step.
 
-    Step 1: both shared encoders forward; backward computes the weight gradients of every layer
-    and the input gradients of every layer but the first (the data needs none); InfoNCE forms two
-    (B, B) logit matrices of d = embed_dim and back-propagates into both operands of each.
+    Step 1 runs both shared encoders forward. Their backward computes the weight gradients of
+    every layer and the input gradients of every layer but the first, because the data needs
+    none. InfoNCE forms two (B, B) logit matrices of d = embed_dim and back-propagates into both
+    operands of each.
 
-    Step 2: the frozen shared encoders forward on both views (2B rows); the specific encoders
-    (input x_dim + embed_dim) forward and backward on 2B rows; two InfoNCE terms of
-    d = 2 * embed_dim; four (k, B) x (B, k) cross-correlations with the gradient on one side.
+    Step 2 runs the frozen shared encoders forward on both views (2B rows), and the specific
+    encoders (input x_dim + embed_dim) forward and backward on 2B rows. It adds two InfoNCE
+    terms of d = 2 * embed_dim and four (k, B) x (B, k) cross-correlations whose gradient flows
+    into one operand.
 
     Args:
         method: The method settings.
@@ -237,7 +239,7 @@ def matmul_flops_per_batch(method: MethodSpec, x1_dim: int, x2_dim: int) -> dict
         if not trained:
             return forward
         first_layer = rows * widths[0] * widths[1]
-        # weight gradients of every layer plus input gradients of all layers after the first
+        # Weight gradients of every layer plus input gradients of all layers after the first.
         return forward + forward + (forward - first_layer)
 
     def infonce(d: int) -> int:
@@ -298,6 +300,11 @@ def _infonce_one_logit_matrix(z1: torch.Tensor, z2: torch.Tensor, temperature: f
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
+def _negative_mean_dot(mu1: torch.Tensor, mu2: torch.Tensor) -> torch.Tensor:
+    """-mean <mu1, mu2> of unit rows: the cosine penalty without re-normalising (a what-if)."""
+    return -(mu1 * mu2).sum(dim=1).mean()
+
+
 def _orthogonality_stacked(specific: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
     """Mean orthogonality penalty of V stacked pairs (V, B, k) in one batched product (a what-if)."""
     cross = F.normalize(specific, dim=2).transpose(1, 2) @ F.normalize(shared, dim=2)
@@ -307,8 +314,10 @@ def _orthogonality_stacked(specific: torch.Tensor, shared: torch.Tensor) -> torc
 def measure_components(method: MethodSpec, repeats: int) -> dict[str, dict[str, float]]:
     """Time each call a training batch makes, at the shapes of ``method``.
 
-    ``fwd+bwd`` entries run the call and back-propagate a sum of its output. Entries marked
-    ``what-if`` are alternatives that dssl does not use, timed to size a possible change.
+    ``fwd+bwd`` entries run the call and back-propagate a sum of its output. Entries whose name
+    starts with ``step1`` or ``step2`` are calls a training batch makes. ``compare`` entries set
+    a code path of the current version beside the one it replaced, and ``what-if`` entries time
+    alternatives that dssl does not use, to size a possible change.
 
     Args:
         method: The method settings.
@@ -363,6 +372,20 @@ def measure_components(method: MethodSpec, repeats: int) -> dict[str, dict[str, 
         with torch.no_grad():
             specific.shared.embed(views1, views2)
 
+    def both_views_one_pass() -> None:
+        s1, s2, _, _ = specific._specific_and_shared(views1, views2)
+        backward(s1 + s2)
+
+    def views_in_two_passes() -> None:
+        s1_a, s2_a, _, _ = specific._specific_and_shared(x1, x2)
+        s1_b, s2_b, _, _ = specific._specific_and_shared(x1, x2)
+        backward(s1_a + s2_a + s1_b + s2_b)
+
+    def head_twice() -> None:
+        _, z1_sample = shared.head.sample(e_both[:batch])
+        _, z2_sample = shared.head.sample(e_both[batch:])
+        backward(z1_sample + z2_sample)
+
     step1_parameters = list(shared.parameters())
     for parameter in step1_parameters:
         parameter.grad = torch.zeros_like(parameter)
@@ -378,18 +401,25 @@ def measure_components(method: MethodSpec, repeats: int) -> dict[str, dict[str, 
             1,
         ),
         "step1: Adam step, fused (used)": (adam_fused.step, 1),
-        "step1: Adam step, per-parameter loop (torch default on CPU)": (adam_loop.step, 0),
+        "compare: Adam step, per-parameter loop (torch default on CPU, previous code)": (adam_loop.step, 0),
         "step2: augment (B rows, d=100)": (lambda: augment(x1, 0.01, 0.1), 4),
         "step2: frozen shared encoders fwd (2B rows)": (frozen_shared, 1),
         "step2: specific encoders fwd+bwd (2B rows)": (specific_encoders, 1),
         "step2: symmetric_infonce fwd+bwd (d=200)": (lambda: symmetric_infonce(h1, h2, temperature).backward(), 2),
         "step2: orthogonality_penalty fwd+bwd": (lambda: orthogonality_penalty(s, c).backward(), 4),
+        "compare: step-2 frozen + specific encoders, both views in one 2B-row pass (used)": (both_views_one_pass, 0),
+        "compare: step-2 frozen + specific encoders, one B-row pass per view (previous code)": (views_in_two_passes, 0),
+        "compare: vMF head.sample fwd+bwd, one call per modality on B rows (previous code)": (head_twice, 0),
         "what-if: InfoNCE from one logit matrix fwd+bwd (d=100)": (
             lambda: _infonce_one_logit_matrix(z1, z2, temperature).backward(),
             0,
         ),
         "what-if: InfoNCE from one logit matrix fwd+bwd (d=200)": (
             lambda: _infonce_one_logit_matrix(h1, h2, temperature).backward(),
+            0,
+        ),
+        "what-if: cosine penalty as -mean dot product of unit rows fwd+bwd": (
+            lambda: _negative_mean_dot(mu1, mu2).backward(),
             0,
         ),
         "what-if: 4 orthogonality penalties in one batched call fwd+bwd": (

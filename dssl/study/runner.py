@@ -287,6 +287,8 @@ def _fit(
             storage_path=str(storage),
             callbacks=[_TrialRunCloser(tracker, context.parent_run_id)],
             progress_reporter=_build_reporter(spec),
+            # 1 prints the trial table only; higher levels also print every epoch's full result.
+            verbose=1,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=0),
         ),

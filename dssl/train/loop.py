@@ -276,9 +276,10 @@ def _specific_only(specific: SpecificModel) -> dict[str, Any]:
     return {k: v for k, v in specific.state_dict().items() if not k.startswith("shared.")}
 
 
-# Devices with a fused (single-kernel) Adam in torch 2.13. On the CPU at the reference sizes the
-# fused update takes about a fifth of the time of the default per-parameter loop, which runs
-# some ten small operations per parameter tensor; the two differ only in float rounding.
+# Devices with a fused (single-kernel) Adam in torch 2.13. The default CPU implementation loops
+# over the parameter tensors with about ten small operations each. At the reference sizes the
+# fused update takes less than half its time (benchmarks/run.py), and the results differ only
+# in float rounding.
 _FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
