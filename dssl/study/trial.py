@@ -93,9 +93,11 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         tracker.log_metrics(run_id, final, step=last_epoch)
         _log_model_artifacts(tracker, run_id, models)
 
-        tune.report({**last_metrics, **final, "epoch": float(last_epoch)})
+        # The run is complete before the final report: Tune may stop the trial inside
+        # tune.report (a scheduler reaching max_t raises SystemExit there).
         tracker.finish(run_id, "FINISHED")
         logger.info("trial %s finished: MLflow run %s", trial_id, run_id)
+        tune.report({**last_metrics, **final, "epoch": float(last_epoch)})
     except BaseException as error:
         # SystemExit comes from Tune stopping the trial (a scheduler decision); the rest are
         # failures. Either way the run must not stay RUNNING.
