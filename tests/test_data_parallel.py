@@ -31,7 +31,7 @@ def _method() -> MethodSpec:
             "embed_dim": 8,
             "batch_size": GLOBAL_BATCH,
             "init_std": 0.3,
-            "step1": {"beta": 0.5, "penalty": "cosine", "head": "deterministic"},
+            "step1": {"beta": 0.5, "penalty": "cosine", "head": "deterministic", "augment": False},
         }
     )
 
@@ -57,11 +57,34 @@ def _loss_and_gradients(rank: int, world_size: int, parallel: DataParallelContex
     parameters = list(model.parameters())
     parallel.average_gradients(parameters)
     gradients = torch.cat([p.grad.reshape(-1) for p in parameters])
+    overlap, overlap_gradients = _overlap_and_gradients(rank, world_size, parallel)
     return {
         "loss": parallel.mean_scalar(float(terms["loss"])),
         "infonce": parallel.mean_scalar(float(terms["infonce"])),
         "gradients": gradients.tolist(),
+        "overlap": parallel.mean_scalar(overlap),
+        "overlap_gradients": overlap_gradients.tolist(),
     }
+
+
+def _overlap_and_gradients(rank: int, world_size: int, parallel: DataParallelContext) -> tuple[float, torch.Tensor]:
+    """Compute the step-2 overlap penalty of linear codes on this rank's rows of both views."""
+    from dssl.methods.disentangled_ssl import _overlap_penalty
+
+    torch.manual_seed(1)
+    specific = torch.nn.Linear(DIM, 6)
+    shared = torch.nn.Linear(DIM, 5)
+    x1, x2 = _global_batch()
+    local = GLOBAL_BATCH // world_size
+    rows = slice(rank * local, (rank + 1) * local)
+    views = torch.cat([x1[rows], x2[rows]])  # rows [:local] play view x', rows [local:] view v
+
+    codes = [specific(views), shared(views), specific(views.flip(1)), shared(views.flip(1))]
+    penalty = _overlap_penalty(*codes, local, parallel)
+    penalty.backward()
+    parameters = [*specific.parameters(), *shared.parameters()]
+    parallel.average_gradients(parameters)
+    return float(penalty), torch.cat([p.grad.reshape(-1) for p in parameters])
 
 
 def _worker(config: dict) -> None:
@@ -103,6 +126,12 @@ def test_two_workers_match_one_process(local_ray: None, tmp_path) -> None:
     distributed_gradients = np.asarray(distributed["gradients"])
     assert np.abs(single_gradients).max() > 1e-4  # the comparison is not between zeros
     np.testing.assert_allclose(distributed_gradients, single_gradients, rtol=1e-5, atol=1e-7)
+
+    # The step-2 overlap penalty is a norm over the whole batch, so it is gathered too.
+    assert distributed["overlap"] == pytest.approx(single["overlap"], rel=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(distributed["overlap_gradients"]), np.asarray(single["overlap_gradients"]), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_local_only_negatives_differ() -> None:

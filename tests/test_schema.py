@@ -139,7 +139,7 @@ def test_demo_study_settings() -> None:
     spec = load_study(STUDIES_DIR / "demo.yaml")
     beta = spec.search.space["step1.beta"]
 
-    assert spec.data.n_samples == 30000
+    assert spec.data.n_samples == 60000
     assert (spec.method.hidden_dim, spec.method.embed_dim, spec.method.batch_size) == (512, 100, 256)
     assert spec.method.step1.kappa == 1000.0
     assert (spec.method.step1.epochs, spec.method.step2.epochs) == (15, 8)

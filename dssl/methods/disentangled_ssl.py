@@ -67,6 +67,40 @@ def _penalty_family(head: str) -> str:
     return "vmf" if head == "deterministic" else head
 
 
+def _overlap_penalty(
+    s1: torch.Tensor,
+    c1: torch.Tensor,
+    s2: torch.Tensor,
+    c2: torch.Tensor,
+    batch: int,
+    parallel: DataParallelContext,
+) -> torch.Tensor:
+    """Return the step-2 orthogonality penalty over both views and both modalities.
+
+    ``s_m``, ``c_m`` are (2B, k): rows [:B] belong to view x', rows [B:] to view v. The penalty
+    is a Frobenius norm of a cross-correlation over the batch, not a mean over rows, so with
+    several workers it is computed on the gathered global batch (gradients flow back through
+    the gather). Its scale is half the sum of the four norms, as in the authors' reference code,
+    so that their lambda grid applies unchanged.
+    """
+    pairs = [(s1, c1), (s2, c2)]
+    if parallel.is_distributed:
+        pairs = [(_gather_views(s, batch, parallel), _gather_views(c, batch, parallel)) for s, c in pairs]
+        batch = batch * parallel.world_size
+    total = sum(
+        orthogonality_penalty(s[:batch], c[:batch]) + orthogonality_penalty(s[batch:], c[batch:])
+        for s, c in pairs
+    )
+    return 0.5 * total
+
+
+def _gather_views(views: torch.Tensor, batch: int, parallel: DataParallelContext) -> torch.Tensor:
+    """Gather (2B, k) view-stacked rows into (2WB, k): every worker's x' rows, then every v row."""
+    first, _ = parallel.gather(views[:batch])
+    second, _ = parallel.gather(views[batch:])
+    return torch.cat([first, second])
+
+
 class SharedModel(nn.Module):
     """Step 1: one shared encoder per modality with a probabilistic head.
 
@@ -116,6 +150,10 @@ class SharedModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Compute the step-1 loss terms for a local batch x1 (B, d1), x2 (B, d2)."""
         step1 = self.method.step1
+        if step1.augment and self.training:
+            # The reference trains step 1 on one augmented view of each input.
+            x1 = augment(x1, step1.noise_std, step1.drop_fraction)
+            x2 = augment(x2, step1.noise_std, step1.drop_fraction)
         e1, e2 = self.embed(x1, x2)
         mu1, mu2, z1, z2 = self._sample_both(e1, e2)
 
@@ -235,13 +273,7 @@ class SpecificModel(nn.Module):
         infonce1 = _gathered_infonce(h1[:batch], h1[batch:], self.method.temperature, parallel)
         infonce2 = _gathered_infonce(h2[:batch], h2[batch:], self.method.temperature, parallel)
 
-        # The penalty is a norm per view and modality, so it is computed on each half separately.
-        overlap = (
-            orthogonality_penalty(s1[:batch], c1[:batch])
-            + orthogonality_penalty(s1[batch:], c1[batch:])
-            + orthogonality_penalty(s2[:batch], c2[:batch])
-            + orthogonality_penalty(s2[batch:], c2[batch:])
-        ) / 4.0
+        overlap = _overlap_penalty(s1, c1, s2, c2, batch, parallel)
         loss = infonce1 + infonce2 + self.method.step2.lam * overlap
         return {"loss": loss, "infonce1": infonce1, "infonce2": infonce2, "overlap": overlap}
 

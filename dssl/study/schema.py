@@ -402,6 +402,9 @@ class Step1Spec(_Spec):
     kappa: float = Field(1000.0, gt=0.0, description="vMF concentration, fixed.")
     epochs: int = Field(50, ge=1)
     lr: float = Field(1.0e-4, gt=0.0, description="Adam learning rate, cosine-annealed to 0.")
+    augment: bool = Field(True, description="Train on one augmented view of each input, as the reference does.")
+    noise_std: float = Field(0.01, ge=0.0, description="Std of the additive-noise augmentation.")
+    drop_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of coordinates zeroed by the drop augmentation.")
 
     @model_validator(mode="after")
     def _check_head_penalty(self) -> Step1Spec:
