@@ -94,6 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StudyValidationError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID_INPUT
+    except ValueError as error:
+        from dssl.study.runner import InvalidStudyInputError
+
+        if not isinstance(error, InvalidStudyInputError):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
     return EXIT_INVALID_INPUT
 
 

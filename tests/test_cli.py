@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,32 @@ def test_missing_study_file_exits_2(tmp_path: Path) -> None:
     result = _dssl("run", str(tmp_path / "absent.yaml"), cwd=tmp_path)
     assert result.returncode == 2
     assert "absent.yaml" in result.stderr
+
+
+def test_unreachable_tracking_server_exits_2(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = _dssl("run", str(SMOKE), "--tracking-uri", f"http://127.0.0.1:{port}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"http://127.0.0.1:{port}" in result.stderr
+    assert "did not answer" in result.stderr
+    assert not (tmp_path / "dssl_results").exists()
+
+
+def test_missing_database_folder_exits_2(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'absent' / 'mlflow.db'}"
+    result = _dssl("run", str(SMOKE), "--tracking-uri", uri, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+    assert str(tmp_path / "absent") in result.stderr
+
+
+def test_unwritable_storage_path_exits_2(tmp_path: Path) -> None:
+    blocker = tmp_path / "occupied"
+    blocker.write_text("a file, not a folder")
+    result = _dssl("run", str(SMOKE), "--storage-path", str(blocker), cwd=tmp_path)
+    assert result.returncode == 2
+    assert str(blocker) in result.stderr
+    assert "--storage-path" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()

@@ -13,11 +13,14 @@ import logging
 import math
 import os
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import optuna
 import ray
+from mlflow.exceptions import MlflowException
 from ray import tune
 from ray.tune import CLIReporter
 from ray.tune.schedulers import ASHAScheduler
@@ -67,6 +70,47 @@ def resolve_storage_path(path: str | os.PathLike | None) -> Path:
     """Return the folder for Tune results: ``path``, ``DSSL_STORAGE_PATH`` or ``./dssl_results``."""
     chosen = path or os.environ.get("DSSL_STORAGE_PATH") or DEFAULT_STORAGE_PATH
     return Path(chosen).expanduser().resolve()
+
+
+class InvalidStudyInputError(ValueError):
+    """Raised before any work starts when a command-line value or environment setting is invalid."""
+
+
+def _make_study_dir(storage: Path, run_name: str) -> Path:
+    study_dir = storage / run_name
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidStudyInputError(
+            f"cannot create the results folder {study_dir}: {error.strerror}; pass --storage-path "
+            "(or set DSSL_STORAGE_PATH) to a writable folder"
+        ) from error
+    return study_dir
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a tracking URI that cannot work, before a study starts.
+
+    A local SQLite store must lie in an existing folder; an HTTP tracking server must answer its
+    ``/health`` endpoint within ``timeout_s`` (the MLflow client itself retries for minutes).
+    """
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///") :]).parent
+        if not folder.is_dir():
+            raise InvalidStudyInputError(
+                f"the folder of the MLflow database {uri!r} does not exist; create {folder} "
+                "or pass another --tracking-uri"
+            )
+        return
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as error:
+            raise InvalidStudyInputError(
+                f"the MLflow tracking server at {uri} did not answer within {timeout_s:.0f} s ({error}); "
+                "start it (mlflow server --host 127.0.0.1 --port 5000) or pass another --tracking-uri"
+            ) from error
 
 
 def build_dataset(spec: StudySpec) -> PairedDataset:
@@ -207,18 +251,25 @@ def run_study(
 
     Raises:
         dssl.study.schema.StudyValidationError: The study file is invalid (nothing has started).
+        InvalidStudyInputError: The tracking URI or storage path cannot be used (nothing has started).
     """
     spec = load_study(study_path)
-    dataset = build_dataset(spec)
     uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)
     storage = resolve_storage_path(storage_path)
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    study_dir = storage / run_name
-    study_dir.mkdir(parents=True, exist_ok=True)
+    study_dir = _make_study_dir(storage, run_name)
     optuna_url = f"sqlite:///{study_dir / 'optuna.db'}"
+    dataset = build_dataset(spec)
 
     experiment_name = spec.tracking.experiment or spec.name
-    tracker = StudyTracker(uri, experiment_name)
+    try:
+        tracker = StudyTracker(uri, experiment_name)
+    except MlflowException as error:
+        raise InvalidStudyInputError(
+            f"could not open the MLflow tracking store {uri!r}: {error}; pass --tracking-uri "
+            "with a reachable store, e.g. sqlite:///mlflow.db or http://127.0.0.1:5000"
+        ) from error
     parent_run_id = tracker.start_study_run(
         run_name,
         params={
