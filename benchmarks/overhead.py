@@ -5,8 +5,10 @@ For one worker count the benchmark
 
 1. writes a study file: synthetic data, the reference model sizes, a few epochs, a grid with one
    ``step1.beta`` value and one seed per trial, run one trial at a time;
-2. times, in this process on one thread, what each trial computes: ``train_trial`` followed by
-   ``evaluate_trial`` with the trial's settings and seed (after one untimed warm-up run);
+2. times what each trial computes, ``train_trial`` followed by ``evaluate_trial`` with the
+   trial's settings and seed, in a fresh Python process on one thread (after one untimed
+   warm-up run). A fresh process matches the trial's reused actor process more closely than
+   this long-running benchmark process, whose speed after the other parts can differ by 10-20%;
 3. runs the study with :func:`dssl.study.runner.run_study`, tracking to a temporary SQLite
    store, and stops Ray afterwards;
 4. reads each trial's MLflow child run: its start time (the run is created near the start of
@@ -19,25 +21,28 @@ Per trial it reports
   previous trial, the searcher suggesting the next config, scheduling the trial on a reused or
   new actor, and the trial function's set-up before its MLflow run exists;
 - ``cycle_s``: this run's end minus the previous run's end, so ``gap_s + span_s``;
-- ``in_process_s``: the same training and evaluation timed in-process;
+- ``in_process_s``: the same training and evaluation timed outside Ray (step 2 above);
 - ``overhead_s``: ``cycle_s - in_process_s``, the platform's cost per trial.
 
 The first trial has no previous trial: its start-up is part of ``startup_s`` (from the
 ``run_study`` call to the first trial run's start), and its own ``overhead_s`` is
 ``span_s - in_process_s``. The median per-trial overhead is taken over the later trials.
 
-Each span is also split at the MLflow timestamps of the trial's first and last ``epoch``
-metric (logged when an epoch's report reaches the trial driver), and the in-process run at the
-matching ``on_epoch_end`` calls, into three phases: run start to first epoch, first to last
-epoch, and last epoch to run end (evaluation, artifacts, final report). Each phase's
-difference shows where the overhead arises.
+Each span is also split into three phases: run start to first epoch, first to last epoch, and
+last epoch to run end (evaluation, artifacts, final report). The trial is split at the MLflow
+timestamps of its first and last ``epoch`` metric, which are logged when an epoch's report
+reaches the trial driver. The in-process run is split at the matching ``on_epoch_end`` calls.
+Each phase's difference shows where the overhead arises.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,7 @@ from dssl.train.loop import train_trial
 
 logger = logging.getLogger(__name__)
 
+_REPO_ROOT = Path(__file__).resolve().parent.parent
 SEARCH_METRIC = "probe/shared/y_c"
 
 
@@ -126,7 +132,7 @@ PHASES = ("start_to_first_epoch", "first_to_last_epoch", "last_epoch_to_end")
 
 
 def time_in_process(spec: StudySpec, seeds: list[int]) -> dict[int, dict[str, float]]:
-    """Time each seed's training and evaluation in this process, as one trial would run them.
+    """Time each seed's training and evaluation in this process, as one trial runs them.
 
     One untimed run of the first seed comes first, so that lazy initialisation is not counted.
     Torch and the BLAS and OpenMP pools of NumPy and scikit-learn are limited to the trial's CPU
@@ -175,6 +181,50 @@ def time_in_process(spec: StudySpec, seeds: list[int]) -> dict[int, dict[str, fl
     return timings
 
 
+_RESULT_PREFIX = "IN_PROCESS_RESULT "
+
+
+def time_in_fresh_process(
+    study_path: Path, seeds: list[int], timeout_s: float = 1800.0
+) -> dict[int, dict[str, float]]:
+    """Run :func:`time_in_process` in a new Python process and return its timings.
+
+    The child gets ``OMP_NUM_THREADS`` set to the trial's CPU count, as Ray sets it for a
+    trial's actor, and inherits nothing else from this process but its environment.
+
+    Args:
+        study_path: The study file written by :func:`write_study`.
+        seeds: Training seeds to time.
+        timeout_s: Seconds after which the child is stopped.
+
+    Returns:
+        The child's :func:`time_in_process` result.
+
+    Raises:
+        RuntimeError: If the child fails or prints no result.
+    """
+    spec = load_study(study_path)
+    threads = str(max(1, int(spec.resources.cpus_per_worker)))
+    command = [sys.executable, str(Path(__file__).resolve()), str(study_path), *map(str, seeds)]
+    completed = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "OMP_NUM_THREADS": threads},
+        cwd=_REPO_ROOT,
+        check=False,
+    )
+    for line in completed.stdout.splitlines():
+        if line.startswith(_RESULT_PREFIX):
+            payload = json.loads(line[len(_RESULT_PREFIX) :])
+            return {int(seed): value for seed, value in payload.items()}
+    raise RuntimeError(
+        f"in-process timing child exited with {completed.returncode} and no result; stderr tail:\n"
+        f"{completed.stderr[-2000:]}"
+    )
+
+
 def _trial_runs(tracking_uri: str, experiment_name: str, parent_run_id: str) -> list[dict[str, Any]]:
     """Return the study's trial runs, sorted by start time.
 
@@ -220,7 +270,11 @@ def _phase_rows(run: dict[str, Any], in_process: dict[str, float]) -> dict[str, 
         "last_epoch_to_end": run["end"] - run["last_epoch"],
     }
     return {
-        phase: {"trial_s": trial[phase], "in_process_s": in_process[phase], "difference_s": trial[phase] - in_process[phase]}
+        phase: {
+            "trial_s": trial[phase],
+            "in_process_s": in_process[phase],
+            "difference_s": trial[phase] - in_process[phase],
+        }
         for phase in PHASES
     }
 
@@ -266,7 +320,7 @@ def run_overhead_study(
     spec = write_study(study_path, document)
     seeds = list(range(trials))
     if in_process is None:
-        in_process = time_in_process(spec, seeds)
+        in_process = time_in_fresh_process(study_path, seeds)
 
     os.environ.pop("RAY_ADDRESS", None)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -298,7 +352,9 @@ def run_overhead_study(
         else:
             previous_end = runs[index - 1]["end"]
             cycle = run["end"] - previous_end
-            row.update({"gap_s": run["start"] - previous_end, "cycle_s": cycle, "overhead_s": cycle - baseline["total_s"]})
+            row.update(
+                {"gap_s": run["start"] - previous_end, "cycle_s": cycle, "overhead_s": cycle - baseline["total_s"]}
+            )
         row["phases"] = _phase_rows(run, baseline)
         rows.append(row)
 
@@ -329,3 +385,10 @@ def run_overhead_study(
             "checkpoint_every_epoch": True,
         },
     }
+
+
+if __name__ == "__main__":
+    if str(_REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(_REPO_ROOT))
+    timings = time_in_process(load_study(sys.argv[1]), [int(seed) for seed in sys.argv[2:]])
+    sys.stdout.write(_RESULT_PREFIX + json.dumps(timings) + "\n")

@@ -392,7 +392,15 @@ def measure_components(method: MethodSpec, repeats: int) -> dict[str, dict[str, 
     adam_fused = torch.optim.Adam(step1_parameters, lr=1e-4, fused=True)
     adam_loop = torch.optim.Adam(step1_parameters, lr=1e-4, foreach=False)
 
+    def augment_step1() -> None:
+        augment(x1, method.step1.noise_std, method.step1.drop_fraction)
+
+    def augment_step2() -> None:
+        augment(x1, method.step2.noise_std, method.step2.drop_fraction)
+
+    step1_augments = 2 if method.step1.augment else 0
     entries: dict[str, tuple[Callable[[], Any], int]] = {
+        f"step1: augment (B rows, d={x_dim})": (augment_step1, step1_augments),
         "step1: shared encoders fwd+bwd (2 modalities, B rows)": (shared_encoders, 1),
         "step1: vMF head.sample fwd+bwd (2B rows, dssl.nn.vmf)": (lambda: backward(shared.head.sample(e_both)[1]), 1),
         "step1: symmetric_infonce fwd+bwd (d=100)": (lambda: symmetric_infonce(z1, z2, temperature).backward(), 1),
@@ -402,7 +410,7 @@ def measure_components(method: MethodSpec, repeats: int) -> dict[str, dict[str, 
         ),
         "step1: Adam step, fused (used)": (adam_fused.step, 1),
         "compare: Adam step, per-parameter loop (torch default on CPU, previous code)": (adam_loop.step, 0),
-        "step2: augment (B rows, d=100)": (lambda: augment(x1, 0.01, 0.1), 4),
+        f"step2: augment (B rows, d={x_dim})": (augment_step2, 4),
         "step2: frozen shared encoders fwd (2B rows)": (frozen_shared, 1),
         "step2: specific encoders fwd+bwd (2B rows)": (specific_encoders, 1),
         "step2: symmetric_infonce fwd+bwd (d=200)": (lambda: symmetric_infonce(h1, h2, temperature).backward(), 2),
