@@ -42,6 +42,20 @@ def _wait_for_jobs_api(address: str, env: dict[str, str], head: subprocess.Popen
     raise TimeoutError(f"the Ray jobs API at {address} did not answer within {timeout_s} s")
 
 
+def _submit_when_agent_ready(submit: list[str], env: dict[str, str], attempts: int = 10) -> subprocess.CompletedProcess[str]:
+    """Run `ray job submit`, retrying while the head's job agent has not registered yet.
+
+    The jobs API answers before the dashboard agent that runs jobs is up; until then a submission
+    fails at once with "No available agent to submit job".
+    """
+    for _ in range(attempts):
+        result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
+        if result.returncode == 0 or "No available agent" not in result.stdout + result.stderr:
+            return result
+        time.sleep(5.0)
+    return result
+
+
 def _stop_process_group(process: subprocess.Popen) -> None:
     for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
         if process.poll() is not None:
@@ -106,7 +120,7 @@ def test_submitted_smoke_study_tracked(ray_head: tuple[str, dict[str, str]], tmp
         "--working-dir", str(working_dir),
         "--", "dssl", "run", "studies/smoke.yaml",
     ]
-    result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
+    result = _submit_when_agent_ready(submit, env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "Study 'smoke' finished: 2 trials, 0 failed." in result.stdout
 

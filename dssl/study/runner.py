@@ -46,6 +46,9 @@ _RAY_ENV_DEFAULTS = {
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
     # Tune's newer console output ignores a custom reporter; this one lists the study's own columns.
     "RAY_AIR_NEW_OUTPUT": "0",
+    # Keeping 2 checkpoints per trial forces an experiment snapshot at every epoch, and Tune then
+    # warns about frequent snapshots after each one; the snapshots are small, so the warning is off.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 
 
@@ -120,7 +123,10 @@ def build_dataset(spec: StudySpec) -> PairedDataset:
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
-    """Connect to the cluster in ``RAY_ADDRESS`` or start a local Ray bound to 127.0.0.1.
+    """Connect to the cluster in ``RAY_ADDRESS`` or start a local Ray with its dashboard on 127.0.0.1.
+
+    NOTE: Ray 2.60 still binds GCS, the raylet and workers to all interfaces when the node address
+    is 127.0.0.1; only the dashboard follows ``dashboard_host``.
 
     Args:
         num_cpus: CPUs of a newly started local Ray (default: all of this machine's).
