@@ -93,6 +93,16 @@ def ray_head(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         "--num-cpus=2",
         "--disable-usage-stats",
     ]
+    # The test session's own local Ray already holds Ray's default agent ports (52365 and
+    # others); a second cluster on the same ports gets no job agent.
+    for flag in (
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "metrics-export-port",
+        "ray-client-server-port",
+    ):
+        start.append(f"--{flag}={_free_port()}")
     # `--block` keeps the head in this process group, so the test stops exactly this cluster;
     # `ray stop` would stop every Ray cluster on the machine, the test session's included.
     log = open(tmp_path / "ray-head.log", "w")
