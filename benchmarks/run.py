@@ -13,8 +13,9 @@ Measured in one run, in this order:
 4. the peak memory of a fresh process that trains both steps for one epoch on 90,000 rows;
 5. the fixed platform cost per trial of 1-worker and 2-worker studies, and the study start-up.
 
-The load average is recorded before and after each part. Other jobs on the machine slow every
-number down, so repeat a run whose load average before a part exceeds about 1.
+The number of busy CPUs during each part and the load average around it are recorded. Other
+jobs on the machine slow every number down, so repeat a run in which a single-threaded part
+(sgemm, step throughput, per-call costs, peak memory) kept clearly more than 1 CPU busy.
 """
 
 from __future__ import annotations
@@ -113,14 +114,34 @@ def _load() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
+def _cpu_jiffies() -> tuple[int, int, int]:
+    """Return (busy, steal, total) jiffies of all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    total = user + nice + system + idle + iowait + irq + softirq + steal
+    return user + nice + system + irq + softirq, steal, total
+
+
 def _section(results: dict[str, Any], name: str, work: Any) -> Any:
-    """Run one part, store its result and the load average around it under ``name``."""
+    """Run one part, store its result and how busy the machine was under ``name``.
+
+    ``busy_cores`` is the mean number of busy CPUs over the part, from /proc/stat. This process
+    alone keeps about 1 busy in the single-threaded parts, so a clearly higher value there means
+    that another job ran at the same time.
+    """
     logger.info("benchmark part %s", name)
     load_before = _load()
+    busy_before, steal_before, total_before = _cpu_jiffies()
     started = time.perf_counter()
     value = work()
     results[name] = value
+    busy_after, steal_after, total_after = _cpu_jiffies()
+    elapsed = max(total_after - total_before, 1)
+    cpus = os.cpu_count() or 1
     results.setdefault("load_average", {})[name] = {"before": load_before, "after": _load()}
+    results.setdefault("busy_cores", {})[name] = round(cpus * (busy_after - busy_before) / elapsed, 2)
+    results.setdefault("steal_fraction", {})[name] = round((steal_after - steal_before) / elapsed, 3)
     results.setdefault("part_seconds", {})[name] = time.perf_counter() - started
     return value
 
@@ -299,7 +320,12 @@ def markdown(results: dict[str, Any]) -> str:
     load = results["load_average"]
     lines.append("")
     lines.append(
-        "Load average (1, 5, 15 min) before/after each part: "
+        "Busy CPUs during each part (of "
+        f"{results['meta']['machine']['cpus']}; this process alone keeps about 1 busy outside the studies): "
+        + "; ".join(f"{name} {value}" for name, value in results["busy_cores"].items())
+    )
+    lines.append(
+        "1-minute load average before/after each part: "
         + "; ".join(f"{name} {value['before'][0]}/{value['after'][0]}" for name, value in load.items())
     )
     return "\n".join(lines)
