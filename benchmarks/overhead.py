@@ -51,6 +51,7 @@ import torch
 import yaml
 from threadpoolctl import threadpool_limits
 
+from benchmarks.throughput import paper_method
 from dssl.eval.evaluate import evaluate_trial
 from dssl.study.schema import StudySpec, load_study, resolve_method
 from dssl.train.loop import train_trial
@@ -90,23 +91,7 @@ def study_document(
         "name": name,
         "description": "dssl benchmark: fixed platform cost per trial",
         "data": {"kind": "synthetic", "seed": 0, "test_fraction": 0.2, "n_samples": n_samples},
-        "method": {
-            "hidden_dim": 512,
-            "num_hidden_layers": 1,
-            "embed_dim": 100,
-            "batch_size": 256,
-            "temperature": 0.07,
-            "init_std": 0.01,
-            "step1": {
-                "beta": 0.1,
-                "penalty": "cosine",
-                "head": "vmf",
-                "kappa": 1000.0,
-                "epochs": step1_epochs,
-                "lr": 1.0e-3,
-            },
-            "step2": {"enabled": True, "lambda": 1.0, "epochs": step2_epochs, "lr": 1.0e-3},
-        },
+        "method": _benchmark_method(step1_epochs, step2_epochs),
         "search": {
             "algorithm": "grid",
             "metric": SEARCH_METRIC,
@@ -120,6 +105,14 @@ def study_document(
         "resources": {"num_workers": num_workers, "cpus_per_worker": 1, "gpus_per_worker": 0},
         "eval": {"probe_max_train_samples": 2000, "diagnostics_samples": 512, "checkpoint_every_epoch": True},
     }
+
+
+def _benchmark_method(step1_epochs: int, step2_epochs: int) -> dict[str, Any]:
+    """Return the paper configuration as study YAML, with lr 1e-3 so short runs learn."""
+    method = paper_method(step1_epochs, step2_epochs).model_dump(by_alias=True)
+    method["step1"]["lr"] = 1.0e-3
+    method["step2"]["lr"] = 1.0e-3
+    return method
 
 
 def write_study(path: Path, document: dict[str, Any]) -> StudySpec:

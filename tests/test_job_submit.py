@@ -45,8 +45,8 @@ def _wait_for_jobs_api(address: str, env: dict[str, str], head: subprocess.Popen
 def _submit_when_agent_ready(submit: list[str], env: dict[str, str], attempts: int = 10) -> subprocess.CompletedProcess[str]:
     """Run `ray job submit`, retrying while the head's job agent has not registered yet.
 
-    The jobs API answers before the dashboard agent that runs jobs is up; until then a submission
-    fails at once with "No available agent to submit job".
+    The jobs API responds before the dashboard agent that runs jobs is up. Until then a
+    submission fails at once with "No available agent to submit job".
     """
     for _ in range(attempts):
         result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
@@ -93,8 +93,8 @@ def ray_head(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         "--num-cpus=2",
         "--disable-usage-stats",
     ]
-    # The test session's own local Ray already holds Ray's default agent ports (52365 and
-    # others); a second cluster on the same ports gets no job agent.
+    # The test session's own local Ray already uses Ray's default agent ports (52365 and
+    # others), so a second cluster on the same ports gets no job agent.
     for flag in (
         "dashboard-agent-listen-port",
         "dashboard-agent-grpc-port",
@@ -103,7 +103,7 @@ def ray_head(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         "ray-client-server-port",
     ):
         start.append(f"--{flag}={_free_port()}")
-    # `--block` keeps the head in this process group, so the test stops exactly this cluster;
+    # `--block` keeps the head in this process group, so the test stops exactly this cluster.
     # `ray stop` would stop every Ray cluster on the machine, the test session's included.
     log = open(tmp_path / "ray-head.log", "w")
     head = subprocess.Popen([*start, "--block"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

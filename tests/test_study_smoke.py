@@ -1,6 +1,6 @@
 """End to end: the smoke study on local Ray, with a real MLflow SQLite store and real Optuna.
 
-The study runs once per test session (2 TPE trials x 2 Ray Train workers); the tests below read
+The study runs once per test module (2 TPE trials x 2 Ray Train workers). The tests below read
 what it left in MLflow, Optuna and the Tune results folder.
 """
 

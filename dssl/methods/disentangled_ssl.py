@@ -175,8 +175,8 @@ class SharedModel(nn.Module):
         e1, e2 = self.embed(x1, x2)
         mu1, mu2, z1, z2 = self._sample_both(e1, e2)
         infonce = symmetric_infonce(z1, z2, self.method.temperature)
-        # NOTE: a deterministic head has no posterior; its bound is reported as if it were a vMF
-        # head of the configured kappa, which makes it comparable with the vMF trials only.
+        # NOTE: a deterministic head has no posterior, so its bound is reported as if it were a vMF
+        # head of the configured kappa. It is comparable with vMF trials only.
         upper = conditional_mi_upper_bound_nats(
             mu1, mu2, kappa=self.method.step1.kappa, head=_penalty_family(self.method.step1.head)
         )

@@ -1,8 +1,8 @@
 """Run a study: Ray Tune with Optuna over trial drivers, tracked in MLflow.
 
 The study driver (this module) validates the study file, builds the dataset once and puts it
-in Ray's object store, opens the MLflow parent run, and runs ``tune.Tuner`` with
-``OptunaSearch`` (its Optuna study kept in SQLite so that ``optuna-dashboard`` can show it).
+in Ray's object store, and opens the MLflow parent run. It then runs ``tune.Tuner`` with
+``OptunaSearch``, whose Optuna study is kept in SQLite so that ``optuna-dashboard`` can show it.
 A Tune callback ends any child run that a stopped or crashed trial left RUNNING.
 """
 
@@ -47,7 +47,7 @@ _RAY_ENV_DEFAULTS = {
     # Tune's newer console output ignores a custom reporter; this one lists the study's own columns.
     "RAY_AIR_NEW_OUTPUT": "0",
     # Keeping 2 checkpoints per trial forces an experiment snapshot at every epoch, and Tune then
-    # warns about frequent snapshots after each one; the snapshots are small, so the warning is off.
+    # warns about frequent snapshots after each one. The snapshots are small, so the warning is off.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 
@@ -94,8 +94,8 @@ def _make_study_dir(storage: Path, run_name: str) -> Path:
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast on a tracking URI that cannot work, before a study starts.
 
-    A local SQLite store must lie in an existing folder; an HTTP tracking server must answer its
-    ``/health`` endpoint within ``timeout_s`` (the MLflow client itself retries for minutes).
+    A local SQLite store must lie in an existing folder. An HTTP tracking server must respond on its
+    ``/health`` endpoint within ``timeout_s``, because the MLflow client itself retries for minutes.
     """
     if uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///") :]).parent
@@ -111,7 +111,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
                 response.read()
         except (urllib.error.URLError, OSError) as error:
             raise InvalidStudyInputError(
-                f"the MLflow tracking server at {uri} did not answer within {timeout_s:.0f} s ({error}); "
+                f"the MLflow tracking server at {uri} did not respond within {timeout_s:.0f} s ({error}); "
                 "start it (mlflow server --host 127.0.0.1 --port 5000) or pass another --tracking-uri"
             ) from error
 

@@ -87,7 +87,7 @@ class StudyTracker:
 
     Args:
         tracking_uri: The resolved tracking URI (see :func:`resolve_tracking_uri`).
-        experiment_name: The experiment that holds the study's runs; created when missing.
+        experiment_name: The experiment that contains the study's runs, created when missing.
     """
 
     def __init__(self, tracking_uri: str, experiment_name: str) -> None:

@@ -1,7 +1,7 @@
 """The trial driver: the Ray Tune function trainable that runs, evaluates and logs one trial.
 
 A single-worker trial trains in the driver's own process, which Tune gives the trial's CPUs
-and GPUs; starting a Ray Train worker group costs 8-10 s (Ray 2.60, Train V2) and buys nothing
+and GPUs. Starting a Ray Train worker group costs 8-10 s (Ray 2.60, Train V2) and buys nothing
 for one worker. A multi-worker trial builds a ``TorchTrainer`` whose workers train
 data-parallel; the driver then holds no CPU of its own.
 
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class TrialContext:
-    """What every trial of a study shares; passed to trials through Ray's object store."""
+    """Settings and data shared by every trial of a study, passed through Ray's object store."""
 
     spec: StudySpec
     tracking_uri: str

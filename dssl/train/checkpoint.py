@@ -22,5 +22,5 @@ def load_state(folder: str | Path) -> TrainingState:
     """Read the state that :func:`save_state` wrote; only tensors and plain containers load."""
     path = Path(folder) / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {path} not found; the folder holds no dssl training state")
+        raise FileNotFoundError(f"checkpoint file {path} not found; the folder contains no dssl training state")
     return TrainingState.from_dict(torch.load(path, map_location="cpu", weights_only=True))

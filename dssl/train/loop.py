@@ -1,6 +1,6 @@
 """The training loop shared by every execution mode (in-process or one Ray Train worker).
 
-The loop knows nothing about Ray Tune or MLflow. After every epoch it calls ``on_epoch_end``
+The loop does not import Ray Tune or MLflow. After every epoch it calls ``on_epoch_end``
 with the epoch's metrics and a :class:`TrainingState` that the caller may save as a checkpoint;
 passing that state back as ``resume_from`` continues after the saved epoch.
 
@@ -199,7 +199,7 @@ def train_trial(
     x2 = torch.as_tensor(dataset.x2[rows], device=device)
     if x1.shape[0] < local_batch:
         raise ValueError(
-            f"this worker holds {x1.shape[0]} training rows, fewer than one batch of {local_batch}; "
+            f"this worker has {x1.shape[0]} training rows, fewer than one batch of {local_batch}; "
             "use more samples, fewer workers or a smaller batch_size"
         )
     held_out = dataset.test_index[:diagnostics_samples]

@@ -14,6 +14,7 @@ from typing import Any
 import ray
 import ray.train
 import torch
+from ray.train.torch import get_device
 
 from dssl.study.schema import MethodSpec
 from dssl.train.checkpoint import load_state, save_state
@@ -32,7 +33,7 @@ def train_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     parallel = DataParallelContext(rank=context.get_world_rank(), world_size=context.get_world_size())
     torch.set_num_threads(max(1, int(config["threads"])))
-    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+    device = get_device() if torch.cuda.is_available() else torch.device("cpu")
 
     dataset = ray.get(config["dataset_ref"])
     method = MethodSpec.model_validate(config["method"])
