@@ -7,8 +7,10 @@ Usage (from the repository root)::
 
 Measured in one run, in this order:
 
-1. the single-thread matrix-multiply speed at the model's shapes (the compute ceiling);
-2. step-1 and step-2 training throughput at the reference configuration on one thread;
+1. the single-thread matrix-multiply speed at the model's shapes in float32 and bfloat16
+   (the compute ceilings);
+2. step-1 and step-2 training throughput at the reference configuration on one thread, with
+   ``precision: fp32`` (the default) and ``precision: bf16-mixed``;
 3. the cost of each call one training batch makes;
 4. the peak memory of a fresh process that trains both steps for one epoch on 90,000 rows;
 5. the fixed platform cost per trial of 1-worker and 2-worker studies, and the study start-up.
@@ -46,6 +48,8 @@ logger = logging.getLogger("benchmarks.run")
 TARGETS = {
     "step1_samples_per_s": 40_000.0,
     "step2_samples_per_s": 25_000.0,
+    "step1_bf16_samples_per_s": 40_000.0,
+    "step2_bf16_samples_per_s": 25_000.0,
     "peak_rss_mib": 1024.0,
     "single_worker_overhead_s": 3.0,
 }
@@ -164,16 +168,24 @@ def run(quick: bool) -> dict[str, Any]:
     }
 
     _section(results, "sgemm_gflops", lambda: throughput.measure_sgemm(method, 100, settings["sgemm_repeats"]))
+    _section(
+        results,
+        "bf16_gemm_gflops",
+        lambda: throughput.measure_sgemm(method, 100, settings["sgemm_repeats"], dtype=torch.bfloat16),
+    )
     flops = throughput.matmul_flops_per_batch(method, 100, 100)
     results["matmul_flops_per_batch"] = flops
-    for step in (1, 2):
-        _section(
-            results,
-            f"step{step}",
-            lambda step=step: throughput.measure_step_throughput(
-                method, step, settings["throughput_repeats"], settings["batches_per_block"]
-            ),
-        )
+    # The same steps with the encoders' products in bfloat16 (precision: bf16-mixed).
+    mixed = method.model_copy(update={"precision": "bf16-mixed"})
+    for suffix, settings_of_run in (("", method), ("_bf16", mixed)):
+        for step in (1, 2):
+            _section(
+                results,
+                f"step{step}{suffix}",
+                lambda step=step, settings_of_run=settings_of_run: throughput.measure_step_throughput(
+                    settings_of_run, step, settings["throughput_repeats"], settings["batches_per_block"]
+                ),
+            )
     _section(results, "components", lambda: throughput.measure_components(method, settings["component_repeats"]))
     _section(results, "peak_memory", peak_memory.measure_peak_memory)
 
@@ -200,6 +212,8 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     measured = {
         "step1_samples_per_s": results["step1"]["samples_per_s"],
         "step2_samples_per_s": results["step2"]["samples_per_s"],
+        "step1_bf16_samples_per_s": results["step1_bf16"]["samples_per_s"],
+        "step2_bf16_samples_per_s": results["step2_bf16"]["samples_per_s"],
         "peak_rss_mib": results["peak_memory"]["peak_rss_mib"],
         "single_worker_overhead_s": results["overhead_1_worker"]["median_overhead_s"],
     }
@@ -224,9 +238,9 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _ceiling(results: dict[str, Any], step: int) -> float:
-    """Return the samples/s of ``step`` if it ran only its matrix products, at the fastest sgemm rate."""
-    gflops = results["sgemm_gflops"]
+def _ceiling(results: dict[str, Any], step: int, gemm: str = "sgemm_gflops") -> float:
+    """Return the samples/s of ``step`` if it ran only its matrix products, at the fastest ``gemm`` rate."""
+    gflops = results[gemm]
     rate = max(value for key, value in gflops.items() if key != "1024^3") * 1e9
     seconds_per_batch = results["matmul_flops_per_batch"][f"step{step}"] / rate
     return results["meta"]["method"]["batch_size"] / seconds_per_batch
@@ -236,24 +250,25 @@ def markdown(results: dict[str, Any]) -> str:
     """Render the results as Markdown tables."""
     lines = ["| Measurement | Median | Spread | Target | Met |", "|---|---|---|---|---|"]
     met = {row["name"]: row for row in results["targets"]}
-    for step in (1, 2):
-        part = results[f"step{step}"]
-        target = met[f"step{step}_samples_per_s"]
-        lines.append(
-            f"| Step-{step} training, samples/s (1 thread, {part['repeats']} blocks of "
-            f"{part['batches_per_block']} batches) | {part['samples_per_s']:,.0f} | "
-            f"{part['samples_per_s_min']:,.0f} to {part['samples_per_s_max']:,.0f} | "
-            f">= {target['target']:,.0f} | {'yes' if target['met'] else 'no'} |"
-        )
-        lines.append(
-            f"| Step-{step} time per batch, ms (CPU-time rate: {part['samples_per_s_cpu']:,.0f} samples/s) | "
-            f"{part['ms_per_batch']:.2f} | | | |"
-        )
-        gflop = results["matmul_flops_per_batch"][f"step{step}"] / 1e9
-        lines.append(
-            f"| Step-{step} matmul-bound ceiling, samples/s ({gflop:.3f} GFLOP per batch at the fastest "
-            f"model-shape sgemm rate) | {_ceiling(results, step):,.0f} | | | |"
-        )
+    for suffix, label, gemm in (("", "fp32", "sgemm_gflops"), ("_bf16", "bf16-mixed", "bf16_gemm_gflops")):
+        for step in (1, 2):
+            part = results[f"step{step}{suffix}"]
+            target = met[f"step{step}{suffix}_samples_per_s"]
+            lines.append(
+                f"| Step-{step} training, {label}, samples/s (1 thread, {part['repeats']} blocks of "
+                f"{part['batches_per_block']} batches) | {part['samples_per_s']:,.0f} | "
+                f"{part['samples_per_s_min']:,.0f} to {part['samples_per_s_max']:,.0f} | "
+                f">= {target['target']:,.0f} | {'yes' if target['met'] else 'no'} |"
+            )
+            lines.append(
+                f"| Step-{step} time per batch, {label}, ms (CPU-time rate: "
+                f"{part['samples_per_s_cpu']:,.0f} samples/s) | {part['ms_per_batch']:.2f} | | | |"
+            )
+            gflop = results["matmul_flops_per_batch"][f"step{step}"] / 1e9
+            lines.append(
+                f"| Step-{step} matmul-bound ceiling, {label}, samples/s ({gflop:.3f} GFLOP per batch at "
+                f"the fastest model-shape {label} gemm rate) | {_ceiling(results, step, gemm):,.0f} | | | |"
+            )
     memory = results["peak_memory"]
     target = met["peak_rss_mib"]
     lines.append(
@@ -276,8 +291,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"| Study start-up, s, {label} (run_study call to first trial run) | {part['startup_s']:.1f} | | | |"
         )
 
-    lines += ["", "| sgemm shape (M x K x N) | GFLOP/s |", "|---|---|"]
-    lines += [f"| {shape} | {value:.1f} |" for shape, value in results["sgemm_gflops"].items()]
+    lines += ["", "| gemm shape (M x K x N) | float32 GFLOP/s | bfloat16 GFLOP/s |", "|---|---|---|"]
+    lines += [
+        f"| {shape} | {value:.1f} | {results['bf16_gemm_gflops'][shape]:.1f} |"
+        for shape, value in results["sgemm_gflops"].items()
+    ]
 
     lines += [
         "",

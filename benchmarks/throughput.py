@@ -28,6 +28,7 @@ from dssl.data.augment import augment
 from dssl.data.dataset import PairedDataset
 from dssl.data.synthetic import make_synthetic
 from dssl.methods.disentangled_ssl import SharedModel, SpecificModel
+from dssl.nn.precision import encoder_autocast
 from dssl.objectives.conditional_mi import conditional_mi_penalty
 from dssl.objectives.infonce import symmetric_infonce
 from dssl.objectives.overlap import orthogonality_penalty
@@ -259,13 +260,17 @@ def matmul_flops_per_batch(method: MethodSpec, x1_dim: int, x2_dim: int) -> dict
     return {"step1": 2.0 * step1, "step2": 2.0 * step2}
 
 
-def measure_sgemm(method: MethodSpec, x_dim: int, repeats: int) -> dict[str, float]:
-    """Measure single-precision matrix-multiply speed in GFLOP/s at the model's shapes.
+def measure_sgemm(
+    method: MethodSpec, x_dim: int, repeats: int, dtype: torch.dtype = torch.float32
+) -> dict[str, float]:
+    """Measure matrix-multiply speed in GFLOP/s at the model's shapes.
 
     Args:
         method: The method settings (batch size and layer widths).
         x_dim: Input feature dimension.
         repeats: Timed calls per shape (the median is kept).
+        dtype: Element type of both factors: float32 (sgemm) or bfloat16 (the products that
+            ``precision: bf16-mixed`` runs).
 
     Returns:
         GFLOP/s per shape, keyed ``"MxKxN"`` for an (M, K) x (K, N) product, plus ``"1024^3"``.
@@ -279,8 +284,8 @@ def measure_sgemm(method: MethodSpec, x_dim: int, repeats: int) -> dict[str, flo
     ]
     result: dict[str, float] = {}
     for m, k, n in shapes:
-        a = torch.randn(m, k, generator=generator)
-        b = torch.randn(k, n, generator=generator)
+        a = torch.randn(m, k, generator=generator).to(dtype)
+        b = torch.randn(k, n, generator=generator).to(dtype)
         calls = max(5, repeats if m < 1024 else repeats // 10)
         timing = time_repeats(lambda: torch.mm(a, b), calls, warmup=5)
         key = "1024^3" if m == k == n == 1024 else f"{m}x{k}x{n}"
@@ -291,24 +296,6 @@ def measure_sgemm(method: MethodSpec, x_dim: int, repeats: int) -> dict[str, flo
 # ---------------------------------------------------------------------------------------------
 # Per-call costs
 # ---------------------------------------------------------------------------------------------
-
-
-def _infonce_one_logit_matrix(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE from one logit matrix and its transpose (a what-if, not used by dssl)."""
-    logits = z1 @ z2.T / temperature
-    targets = torch.arange(z1.shape[0])
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
-
-
-def _negative_mean_dot(mu1: torch.Tensor, mu2: torch.Tensor) -> torch.Tensor:
-    """-mean <mu1, mu2> of unit rows: the cosine penalty without re-normalising (a what-if)."""
-    return -(mu1 * mu2).sum(dim=1).mean()
-
-
-def _orthogonality_stacked(specific: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-    """Mean orthogonality penalty of V stacked pairs (V, B, k) in one batched product (a what-if)."""
-    cross = F.normalize(specific, dim=2).transpose(1, 2) @ F.normalize(shared, dim=2)
-    return torch.linalg.matrix_norm(cross, ord="fro").mean()
 
 
 def measure_components(method: MethodSpec, repeats: int) -> dict[str, dict[str, float]]:
@@ -368,6 +355,16 @@ def measure_components(method: MethodSpec, repeats: int) -> dict[str, dict[str, 
         s2 = specific.specific2(torch.cat([views2, c2], dim=1))
         backward(s1 + s2)
 
+    def shared_encoders_bf16() -> None:
+        with encoder_autocast("bf16-mixed", x1.device):
+            e1, e2 = shared.embed(x1, x2)
+        backward(e1.float() + e2.float())
+
+    def both_views_one_pass_bf16() -> None:
+        with encoder_autocast("bf16-mixed", x1.device):
+            s1, s2, _, _ = specific._specific_and_shared(views1, views2)
+        backward(s1.float() + s2.float())
+
     def frozen_shared() -> None:
         with torch.no_grad():
             specific.shared.embed(views1, views2)
@@ -403,35 +400,46 @@ def measure_components(method: MethodSpec, repeats: int) -> dict[str, dict[str, 
         f"step1: augment (B rows, d={x_dim})": (augment_step1, step1_augments),
         "step1: shared encoders fwd+bwd (2 modalities, B rows)": (shared_encoders, 1),
         "step1: vMF head.sample fwd+bwd (2B rows, dssl.nn.vmf)": (lambda: backward(shared.head.sample(e_both)[1]), 1),
-        "step1: symmetric_infonce fwd+bwd (d=100)": (lambda: symmetric_infonce(z1, z2, temperature).backward(), 1),
-        "step1: conditional_mi_penalty cosine fwd+bwd": (
-            lambda: conditional_mi_penalty(mu1, mu2, scale="cosine", kappa=1000.0, head="vmf").backward(),
+        "step1: symmetric_infonce fwd+bwd (d=100, one logit matrix)": (
+            lambda: symmetric_infonce(z1, z2, temperature).backward(),
+            1,
+        ),
+        "step1: conditional_mi_penalty cosine fwd+bwd (unit rows)": (
+            lambda: conditional_mi_penalty(mu1, mu2, scale="cosine", kappa=1000.0, head="vmf", unit_rows=True).backward(),
             1,
         ),
         "step1: Adam step, fused (used)": (adam_fused.step, 1),
-        "compare: Adam step, per-parameter loop (torch default on CPU, previous code)": (adam_loop.step, 0),
         f"step2: augment (B rows, d={x_dim})": (augment_step2, 4),
         "step2: frozen shared encoders fwd (2B rows)": (frozen_shared, 1),
         "step2: specific encoders fwd+bwd (2B rows)": (specific_encoders, 1),
-        "step2: symmetric_infonce fwd+bwd (d=200)": (lambda: symmetric_infonce(h1, h2, temperature).backward(), 2),
-        "step2: orthogonality_penalty fwd+bwd": (lambda: orthogonality_penalty(s, c).backward(), 4),
+        "step2: symmetric_infonce fwd+bwd (d=200, one logit matrix)": (
+            lambda: symmetric_infonce(h1, h2, temperature).backward(),
+            2,
+        ),
+        "step2: 4 orthogonality penalties in one batched call fwd+bwd": (
+            lambda: orthogonality_penalty(s_stacked, c_stacked).sum().backward(),
+            1,
+        ),
+        "compare: shared encoders fwd+bwd, bf16-mixed (step 1)": (shared_encoders_bf16, 0),
+        "compare: frozen + specific encoders fwd+bwd, bf16-mixed (step 2)": (both_views_one_pass_bf16, 0),
+        "compare: Adam step, per-parameter loop (torch default on CPU, previous code)": (adam_loop.step, 0),
         "compare: step-2 frozen + specific encoders, both views in one 2B-row pass (used)": (both_views_one_pass, 0),
         "compare: step-2 frozen + specific encoders, one B-row pass per view (previous code)": (views_in_two_passes, 0),
         "compare: vMF head.sample fwd+bwd, one call per modality on B rows (previous code)": (head_twice, 0),
-        "what-if: InfoNCE from one logit matrix fwd+bwd (d=100)": (
-            lambda: _infonce_one_logit_matrix(z1, z2, temperature).backward(),
+        "compare: InfoNCE from two logit matrices fwd+bwd (d=100, previous code)": (
+            lambda: symmetric_infonce(z1, z2, temperature, z1_all=z1, z2_all=z2).backward(),
             0,
         ),
-        "what-if: InfoNCE from one logit matrix fwd+bwd (d=200)": (
-            lambda: _infonce_one_logit_matrix(h1, h2, temperature).backward(),
+        "compare: InfoNCE from two logit matrices fwd+bwd (d=200, previous code)": (
+            lambda: symmetric_infonce(h1, h2, temperature, z1_all=h1, z2_all=h2).backward(),
             0,
         ),
-        "what-if: cosine penalty as -mean dot product of unit rows fwd+bwd": (
-            lambda: _negative_mean_dot(mu1, mu2).backward(),
+        "compare: cosine penalty with F.cosine_similarity fwd+bwd (previous code)": (
+            lambda: conditional_mi_penalty(mu1, mu2, scale="cosine", kappa=1000.0, head="vmf").backward(),
             0,
         ),
-        "what-if: 4 orthogonality penalties in one batched call fwd+bwd": (
-            lambda: _orthogonality_stacked(s_stacked, c_stacked).backward(),
+        "compare: orthogonality penalty, one call per pair fwd+bwd (previous code, x4)": (
+            lambda: orthogonality_penalty(s, c).backward(),
             0,
         ),
     }

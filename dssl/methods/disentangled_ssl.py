@@ -29,6 +29,7 @@ from dssl.data.augment import augment
 from dssl.nn.deterministic import DeterministicHead
 from dssl.nn.encoders import MLPEncoder
 from dssl.nn.gaussian import GaussianHead
+from dssl.nn.precision import encoder_autocast
 from dssl.nn.vmf import VonMisesFisherHead
 from dssl.objectives.conditional_mi import conditional_mi_penalty, conditional_mi_upper_bound_nats
 from dssl.objectives.infonce import symmetric_infonce
@@ -83,15 +84,15 @@ def _overlap_penalty(
     the gather). Its scale is half the sum of the four norms, as in the authors' reference code,
     so that their lambda grid applies unchanged.
     """
-    pairs = [(s1, c1), (s2, c2)]
     if parallel.is_distributed:
-        pairs = [(_gather_views(s, batch, parallel), _gather_views(c, batch, parallel)) for s, c in pairs]
+        s1, c1, s2, c2 = (_gather_views(views, batch, parallel) for views in (s1, c1, s2, c2))
         batch = batch * parallel.world_size
-    total = sum(
-        orthogonality_penalty(s[:batch], c[:batch]) + orthogonality_penalty(s[batch:], c[batch:])
-        for s, c in pairs
-    )
-    return 0.5 * total
+
+    # The four (view, modality) pairs go through one batched call, stacked as (4, B, k):
+    # modality 1 view x', modality 1 view v, then the same for modality 2.
+    specific = torch.cat([s1, s2]).view(4, batch, -1)
+    shared = torch.cat([c1, c2]).view(4, batch, -1)
+    return 0.5 * orthogonality_penalty(specific, shared).sum()
 
 
 def _gather_views(views: torch.Tensor, batch: int, parallel: DataParallelContext) -> torch.Tensor:
@@ -154,12 +155,19 @@ class SharedModel(nn.Module):
             # The reference trains step 1 on one augmented view of each input.
             x1 = augment(x1, step1.noise_std, step1.drop_fraction)
             x2 = augment(x2, step1.noise_std, step1.drop_fraction)
-        e1, e2 = self.embed(x1, x2)
-        mu1, mu2, z1, z2 = self._sample_both(e1, e2)
+        with encoder_autocast(self.method.precision, x1.device, enabled=self.training):
+            e1, e2 = self.embed(x1, x2)
+        mu1, mu2, z1, z2 = self._sample_both(e1.float(), e2.float())
 
         infonce = _gathered_infonce(z1, z2, self.method.temperature, parallel)
+        # Both the vMF and the deterministic head return unit mean directions.
         penalty = conditional_mi_penalty(
-            mu1, mu2, scale=step1.penalty, kappa=step1.kappa, head=_penalty_family(step1.head)
+            mu1,
+            mu2,
+            scale=step1.penalty,
+            kappa=step1.kappa,
+            head=_penalty_family(step1.head),
+            unit_rows=step1.head != "gaussian",
         )
         loss = infonce + step1.beta * penalty
         return {"loss": loss, "infonce": infonce, "cmi_penalty": penalty}
@@ -264,7 +272,9 @@ class SpecificModel(nn.Module):
 
         # Both views go through each encoder as one (2B, d) batch: half the operator calls of
         # two separate passes and larger matrix products. Rows [:B] are x', rows [B:] are v.
-        s1, s2, c1, c2 = self._specific_and_shared(x1_views, x2_views)
+        with encoder_autocast(self.method.precision, x1.device, enabled=self.training):
+            codes = self._specific_and_shared(x1_views, x2_views)
+        s1, s2, c1, c2 = (code.float() for code in codes)
 
         # Modality 1's joint code pairs its specific embedding with the other modality's
         # frozen shared embedding, so the InfoNCE term rewards what X2 does not explain.

@@ -84,6 +84,7 @@ def symmetric_infonce(
 
     if (z1_all is None) != (z2_all is None):
         raise ValueError("Pass both z1_all and z2_all, or neither.")
+    gathered = z1_all is not None
     if z1_all is None or z2_all is None:
         if offset != 0:
             raise ValueError(f"offset must be 0 when no gathered rows are given, got {offset}.")
@@ -114,7 +115,12 @@ def symmetric_infonce(
     targets = torch.arange(offset, offset + batch_size, device=z1.device)
 
     logits_12 = z1 @ z2_all.T / temperature
-    logits_21 = z2 @ z1_all.T / temperature
+    if gathered:
+        logits_21 = z2 @ z1_all.T / temperature
+    else:
+        # Without gathered rows, <z2_i, z1_j> is entry (j, i) of the first matrix, so the
+        # transpose saves one matrix product and its backward pass.
+        logits_21 = logits_12.T
     if logits_12.dtype in (torch.float16, torch.bfloat16):
         logits_12 = logits_12.float()
         logits_21 = logits_21.float()

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import math
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +37,9 @@ from dssl.train.loop import total_epochs
 logger = logging.getLogger(__name__)
 
 DEFAULT_STORAGE_PATH = "dssl_results"
+
+_API_SERVER_ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"
+_DEFAULT_DASHBOARD_PORT = 8265
 
 # Train V2's controller polls workers every 2 s by default, which adds up to 2 s per report.
 # Probe metrics, which the searcher optimises, exist only in a trial's last report, so Tune's
@@ -140,15 +144,36 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         logger.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
         return
+    # Ray's state API, which Ray Train's placement-group cleaner queries at the end of every
+    # multi-worker trial, finds the cluster through RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, then
+    # /tmp/ray/ray_current_cluster. Only `ray start` writes that file, so without the variable the
+    # query targets whatever cluster `ray start` last ran and waits 10 s for it when it is gone.
+    # Processes that Ray starts inherit this environment, so the variable is set before ray.init.
+    dashboard_port = _dashboard_port()
+    os.environ[_API_SERVER_ADDRESS_ENV] = f"http://127.0.0.1:{dashboard_port}"
     # address="local" always starts a new cluster, even when a stale file names a dead one.
     ray.init(
         address="local",
         include_dashboard=True,
         dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
         _node_ip_address="127.0.0.1",
         num_cpus=num_cpus,
         log_to_driver=True,
     )
+
+
+def _dashboard_port() -> int:
+    """Return Ray's default dashboard port 8265 when it is free on 127.0.0.1, else a free port."""
+    for port in (_DEFAULT_DASHBOARD_PORT, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                logger.info("port %d is in use; the Ray dashboard takes a free port", port)
+                continue
+            return int(probe.getsockname()[1])
+    raise RuntimeError("no free TCP port on 127.0.0.1 for the Ray dashboard")
 
 
 class _FinalMetricOptunaSearch(OptunaSearch):

@@ -444,6 +444,14 @@ class MethodSpec(_Spec):
     batch_size: int = Field(256, ge=2)
     temperature: float = Field(0.07, gt=0.0, description="InfoNCE temperature.")
     init_std: float = Field(0.01, gt=0.0, description="Std of the N(0, std^2) weight init.")
+    precision: Literal["fp32", "bf16-mixed"] = Field(
+        "fp32",
+        description=(
+            "Arithmetic of the encoders' matrix products in training. 'bf16-mixed' runs them in "
+            "bfloat16 under torch.autocast while weights, heads, losses and evaluation stay float32; "
+            "it is faster on GPUs and on CPUs with AVX512-BF16 or AMX, and slower on other CPUs."
+        ),
+    )
     step1: Step1Spec = Step1Spec()
     step2: Step2Spec = Step2Spec()
 
