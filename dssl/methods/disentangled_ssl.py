@@ -95,6 +95,20 @@ def _overlap_penalty(
     return 0.5 * orthogonality_penalty(specific, shared).sum()
 
 
+def _augment_pair(
+    x1: torch.Tensor, x2: torch.Tensor, noise_std: float, drop_fraction: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment both modalities' rows, in one call when they have the same width.
+
+    ``augment`` treats rows independently, so one call on the stacked (2B, d) rows draws from
+    the same distribution as two calls and pays the per-call cost once.
+    """
+    if x1.shape[1] != x2.shape[1] or x1.dtype != x2.dtype:
+        return augment(x1, noise_std, drop_fraction), augment(x2, noise_std, drop_fraction)
+    both = augment(torch.cat([x1, x2]), noise_std, drop_fraction)
+    return both[: x1.shape[0]], both[x1.shape[0] :]
+
+
 def _gather_views(views: torch.Tensor, batch: int, parallel: DataParallelContext) -> torch.Tensor:
     """Gather (2B, k) view-stacked rows into (2WB, k): every worker's x' rows, then every v row."""
     first, _ = parallel.gather(views[:batch])
@@ -140,7 +154,9 @@ class SharedModel(nn.Module):
         """
         batch = e1.shape[0]
         mu, z = self.head.sample(torch.cat([e1, e2]))
-        z = F.normalize(z, dim=1)
+        if isinstance(self.head, GaussianHead):
+            # vMF samples and deterministic directions already have unit norm.
+            z = F.normalize(z, dim=1)
         return mu[:batch], mu[batch:], z[:batch], z[batch:]
 
     def loss_terms(
@@ -153,8 +169,7 @@ class SharedModel(nn.Module):
         step1 = self.method.step1
         if step1.augment and self.training:
             # The reference trains step 1 on one augmented view of each input.
-            x1 = augment(x1, step1.noise_std, step1.drop_fraction)
-            x2 = augment(x2, step1.noise_std, step1.drop_fraction)
+            x1, x2 = _augment_pair(x1, x2, step1.noise_std, step1.drop_fraction)
         with encoder_autocast(self.method.precision, x1.device, enabled=self.training):
             e1, e2 = self.embed(x1, x2)
         mu1, mu2, z1, z2 = self._sample_both(e1.float(), e2.float())
