@@ -1,4 +1,4 @@
-"""The ``dssl`` command: validate and run studies.
+"""The ``dssl`` command: validate and run studies, and report their results.
 
 Exit status: 0 on success, 2 for an invalid study file or argument (nothing was started),
 1 when a study ran but some trials failed or the run itself failed.
@@ -50,7 +50,38 @@ def _build_parser() -> argparse.ArgumentParser:
         help="folder for Tune results, checkpoints and the Optuna database "
         "(default: $DSSL_STORAGE_PATH, else ./dssl_results)",
     )
+
+    report = commands.add_parser(
+        "report", help="write a study's results table and figures and log them to its MLflow parent run"
+    )
+    report.add_argument("study", help="path of the study YAML file, or the study name")
+    report.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI the study ran with (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",
+    )
+    report.add_argument("--out", default=None, help="output folder (default: reports/<study name>/)")
+    report.add_argument(
+        "--parent-run-id", default=None, help="MLflow parent run to report (default: the study's latest)"
+    )
     return parser
+
+
+def _report(study: str, tracking_uri: str | None, out: str | None, parent_run_id: str | None) -> int:
+    from dssl.study.report import ReportInputError, build_report
+
+    try:
+        result = build_report(study, tracking_uri, out, parent_run_id=parent_run_id)
+    except ReportInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
+    print(f"Report of study {result.study_name!r}, parent run {result.parent_run_id}: {len(result.rows)} trials")
+    for path in (result.table_csv, result.table_markdown, *result.figures.values()):
+        print(f"  wrote {path}")
+    for name, reason in result.skipped.items():
+        print(f"  {name} skipped: {reason}")
+    print(f"Logged to the parent run's artifacts under {result.artifact_path}/")
+    return 0
 
 
 def _validate(path: str) -> int:
@@ -91,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args.study)
         if args.command == "run":
             return _run(args.study, args.tracking_uri, args.storage_path)
+        if args.command == "report":
+            return _report(args.study, args.tracking_uri, args.out, args.parent_run_id)
     except StudyValidationError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID_INPUT

@@ -341,7 +341,37 @@ def run_study(
     # A failed trial does not fail the study: its own run is FAILED and the count is logged.
     tracker.log_metrics(parent_run_id, {"trials/total": outcome.trials, "trials/failed": outcome.errors}, step=0)
     tracker.finish(parent_run_id, "FINISHED")
+    _report_study(spec.name, uri, parent_run_id, study_dir / "report")
     return outcome
+
+
+def _report_study(study_name: str, uri: str, parent_run_id: str, out_dir: Path) -> Path | None:
+    """Write the study's report into ``out_dir`` and onto its parent run, and return the folder.
+
+    A report failure is logged and returns ``None``, because the trials and their runs are already stored.
+    """
+    try:
+        from dssl.study.report import build_report
+
+        result = build_report(study_name, uri, out_dir, parent_run_id=parent_run_id)
+    except Exception:
+        logger.exception(
+            "study %s: the report could not be written; retry with "
+            "'dssl report %s --tracking-uri %s --parent-run-id %s'",
+            study_name,
+            study_name,
+            uri,
+            parent_run_id,
+        )
+        return None
+    logger.info(
+        "study %s: report in %s (%d figures, %d skipped)",
+        study_name,
+        result.out_dir,
+        len(result.figures),
+        len(result.skipped),
+    )
+    return result.out_dir
 
 
 def _fit(
