@@ -89,7 +89,17 @@ _UNION_TAG_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "_data_kind()": ("kind", DATA_KINDS),
 }
 
-_SYNTHETIC_ONLY_FIELDS: tuple[str, ...] = ("n_samples", "latent_dim", "x_dim", "latent_variance")
+_SYNTHETIC_ONLY_FIELDS: tuple[str, ...] = (
+    "n_samples",
+    "latent_dim",
+    "x_dim",
+    "latent_variance",
+    "regime",
+    "relative_noise_std",
+)
+# Equals dssl.data.synthetic.DEFAULT_RELATIVE_NOISE_STD. This module does not import the data
+# package, so tests/test_synthetic_regimes.py checks that the two values (and the regimes) agree.
+_UNATTAINABLE_DEFAULT_NOISE = 0.5
 _MAX_VALUE_REPR = 160
 _PROBLEM_ERROR_TYPE = "study_problem"
 
@@ -355,6 +365,67 @@ class SyntheticDataSpec(_Spec):
     latent_dim: int = Field(50, ge=1, description="Dim of each latent block.")
     x_dim: int = Field(100, ge=1, description="Dim of each modality.")
     latent_variance: float = Field(0.5, gt=0.0, description="Variance of each latent coordinate.")
+    regime: Literal["reference", "attainable", "unattainable"] = Field(
+        "reference",
+        description=(
+            "How X1 and X2 are made from the latents: 'reference' (uniform mixing), 'attainable' "
+            "(orthonormal mixing, Zs is a linear function of each modality) or 'unattainable' "
+            "(uniform mixing plus observation noise and/or x_dim < 2 * latent_dim)."
+        ),
+    )
+    relative_noise_std: Annotated[float, Field(ge=0.0)] | None = Field(
+        None,
+        description=(
+            "Observation-noise std of the 'unattainable' regime, relative to the RMS std of the "
+            "noise-free coordinates; 0.5 when omitted. Only allowed with regime: unattainable."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_noise(cls, data: Any) -> Any:
+        # Filled in here, not left to the builder, so the resolved study file records the level.
+        if not isinstance(data, Mapping) or data.get("regime") != "unattainable":
+            return data
+        if data.get("relative_noise_std") is None:
+            return {**data, "relative_noise_std": _UNATTAINABLE_DEFAULT_NOISE}
+        return data
+
+    @model_validator(mode="after")
+    def _check_regime(self) -> SyntheticDataSpec:
+        invertible = self.x_dim >= 2 * self.latent_dim
+        issues = []
+        if self.regime == "attainable" and not invertible:
+            issues.append(
+                _Issue(
+                    ("x_dim",),
+                    f"must be >= 2 * latent_dim = {2 * self.latent_dim} with regime: attainable, because "
+                    "a mixing into fewer dimensions cannot be inverted; use regime 'reference' or "
+                    "'unattainable' for smaller x_dim",
+                    self.x_dim,
+                )
+            )
+        if self.regime != "unattainable" and self.relative_noise_std is not None:
+            issues.append(
+                _Issue(
+                    ("relative_noise_std",),
+                    f"only allowed with regime: unattainable, not with regime: {self.regime}",
+                    self.relative_noise_std,
+                )
+            )
+        if self.regime == "unattainable" and self.relative_noise_std == 0 and invertible:
+            issues.append(
+                _Issue(
+                    ("relative_noise_std",),
+                    f"must be > 0 with regime: unattainable unless x_dim < 2 * latent_dim = "
+                    f"{2 * self.latent_dim} (x_dim is {self.x_dim}), because noise-free mixing into "
+                    "that many dimensions is invertible and makes the MNI point attainable",
+                    self.relative_noise_std,
+                )
+            )
+        if issues:
+            _raise_issues(issues)
+        return self
 
 
 class DigitsDataSpec(_Spec):
