@@ -2,9 +2,9 @@
 
 Every measurement runs in the calling process; the caller sets the thread count first
 (``torch.set_num_threads(1)`` for the reference numbers). The training steps go through the
-exact code of an epoch: :func:`dssl.train.loop._batches` cuts the batches, :func:`_start_step`
-builds the model part and its optimiser and :func:`_run_epoch` runs ``loss_terms``, backward and
-the Adam update over them.
+exact code of an epoch: :func:`dssl.train.loop._batches` cuts the batches, the method's phases
+(:func:`dssl.methods.registry.build_phases`) build the models, :func:`_make_adam` builds the
+optimiser and :func:`_run_epoch` runs ``loss_terms``, backward and the Adam update over them.
 
 Timings are reported as the median over repeats, with the smallest and largest repeat as the
 spread. Each repeat records wall time (``time.perf_counter``) and the CPU time of this process
@@ -27,14 +27,16 @@ import torch.nn.functional as F
 from dssl.data.augment import augment
 from dssl.data.dataset import PairedDataset
 from dssl.data.synthetic import make_synthetic
+from dssl.methods.base import PhaseModel
 from dssl.methods.disentangled_ssl import SharedModel, SpecificModel
+from dssl.methods.registry import build_phases
 from dssl.nn.precision import encoder_autocast
 from dssl.objectives.conditional_mi import conditional_mi_penalty
 from dssl.objectives.infonce import symmetric_infonce
 from dssl.objectives.overlap import orthogonality_penalty
 from dssl.study.schema import MethodSpec
 from dssl.train.distributed import DataParallelContext
-from dssl.train.loop import _batches, _run_epoch, _start_step
+from dssl.train.loop import _batches, _build_phase_model, _make_adam, _run_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +132,9 @@ def _step_block(
 ) -> tuple[Callable[[], dict[str, float]], int]:
     """Prepare one block of training batches of ``step`` and return its runner and row count.
 
-    The model part and optimiser come from :func:`dssl.train.loop._start_step`, as in training.
-    Step 2 runs on an untrained step-1 model: its cost does not depend on the shared weights.
+    The models come from the method's phases and the optimiser from
+    :func:`dssl.train.loop._make_adam`, as in training. Step 2 runs on an untrained step-1 model,
+    because its cost does not depend on the shared weights.
     """
     device = torch.device("cpu")
     x1 = torch.as_tensor(dataset.x1[dataset.train_index])
@@ -141,11 +144,13 @@ def _step_block(
     if len(batches) < batches_per_block:
         raise ValueError(f"the dataset gives {len(batches)} batches, fewer than {batches_per_block}")
 
-    torch.manual_seed(SEED)
-    shared = SharedModel(dataset.x1.shape[1], dataset.x2.shape[1], method)
-    specific, optimizer, _, parameters = _start_step(step, shared, None, dataset, method, device, SEED, None, 1)
-    model = shared if step == 1 else specific
-    assert model is not None
+    phases = build_phases(method, dataset.x1.shape[1], dataset.x2.shape[1])
+    earlier: dict[str, PhaseModel] = {}
+    for index, phase in enumerate(phases[:step]):
+        earlier[phase.name] = _build_phase_model(phase, index, earlier, SEED, device)
+    model = earlier[phases[step - 1].name]
+    parameters = model.trainable_parameters()
+    optimizer = _make_adam(parameters, phases[step - 1].lr, device)
     parallel = DataParallelContext()
 
     def run_block() -> dict[str, float]:

@@ -107,7 +107,7 @@ def test_bf16_training_lowers_loss() -> None:
 
     assert len(losses) == 3
     assert losses[-1] < losses[0] - 0.1
-    assert all(p.dtype == torch.float32 for p in models.shared.parameters())
+    assert all(p.dtype == torch.float32 for p in models.phases["step1"].parameters())
 
 
 def test_study_rejects_unknown_precision(tmp_path) -> None:

@@ -34,24 +34,28 @@ _EMBED_CHUNK = 8192
 @torch.no_grad()
 def _embed_rows(models: TrainedModels, x1: np.ndarray, x2: np.ndarray) -> dict[str, np.ndarray]:
     """Embed rows in chunks and return every representation as float32 arrays."""
-    device = next(models.shared.parameters()).device
-    models.shared.eval()
+    device = models.device
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, x1.shape[0], _EMBED_CHUNK):
         a = torch.as_tensor(x1[start : start + _EMBED_CHUNK], device=device)
         b = torch.as_tensor(x2[start : start + _EMBED_CHUNK], device=device)
-        e1, e2 = models.shared.embed(a, b)
-        chunk = {"shared": torch.cat([e1, e2], dim=1)}
-        if models.specific is not None:
-            models.specific.eval()
-            s1, s2 = models.specific.embed(a, b)
-            chunk["specific1"] = s1
-            chunk["specific2"] = s2
-            chunk["specific"] = torch.cat([s1, s2], dim=1)
-            chunk["both"] = torch.cat([chunk["shared"], chunk["specific"]], dim=1)
-        for name, value in chunk.items():
-            parts.setdefault(name, []).append(value.cpu().numpy())
+        for name, value in _compose(models.representations(a, b)).items():
+            parts.setdefault(name, []).append(value.float().cpu().numpy())
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def _compose(per_modality: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Build the probed representations from the per-modality embeddings of the phases."""
+    result: dict[str, torch.Tensor] = {}
+    if "shared1" in per_modality and "shared2" in per_modality:
+        result["shared"] = torch.cat([per_modality["shared1"], per_modality["shared2"]], dim=1)
+    if "specific1" in per_modality and "specific2" in per_modality:
+        result["specific1"] = per_modality["specific1"]
+        result["specific2"] = per_modality["specific2"]
+        result["specific"] = torch.cat([per_modality["specific1"], per_modality["specific2"]], dim=1)
+        if "shared" in result:
+            result["both"] = torch.cat([result["shared"], result["specific"]], dim=1)
+    return result
 
 
 def evaluate_trial(

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dssl.data.augment import augment
+from dssl.methods.base import SINGLE_PROCESS, Phase, PhaseModel
 from dssl.nn.deterministic import DeterministicHead
 from dssl.nn.encoders import MLPEncoder
 from dssl.nn.gaussian import GaussianHead
@@ -38,9 +39,6 @@ from dssl.train.distributed import DataParallelContext
 
 if TYPE_CHECKING:
     from dssl.study.schema import MethodSpec
-
-_SINGLE_PROCESS = DataParallelContext()
-
 
 def _gathered_infonce(
     a: torch.Tensor, b: torch.Tensor, temperature: float, parallel: DataParallelContext
@@ -116,7 +114,7 @@ def _gather_views(views: torch.Tensor, batch: int, parallel: DataParallelContext
     return torch.cat([first, second])
 
 
-class SharedModel(nn.Module):
+class SharedModel(PhaseModel):
     """Step 1: one shared encoder per modality with a probabilistic head.
 
     Args:
@@ -143,6 +141,11 @@ class SharedModel(nn.Module):
         """Return the deterministic shared embeddings e1, e2, each (B, embed_dim)."""
         return self.encoder1(x1), self.encoder2(x2)
 
+    def representations(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return ``shared1`` = e1 and ``shared2`` = e2, the embeddings before normalisation."""
+        e1, e2 = self.embed(x1, x2)
+        return {"shared1": e1, "shared2": e2}
+
     def _sample_both(
         self, e1: torch.Tensor, e2: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -163,7 +166,7 @@ class SharedModel(nn.Module):
         self,
         x1: torch.Tensor,
         x2: torch.Tensor,
-        parallel: DataParallelContext = _SINGLE_PROCESS,
+        parallel: DataParallelContext = SINGLE_PROCESS,
     ) -> dict[str, torch.Tensor]:
         """Compute the step-1 loss terms for a local batch x1 (B, d1), x2 (B, d2)."""
         step1 = self.method.step1
@@ -211,7 +214,7 @@ class SharedModel(nn.Module):
         }
 
 
-class SpecificModel(nn.Module):
+class SpecificModel(PhaseModel):
     """Step 2: one specific encoder per modality on top of frozen step-1 shared encoders.
 
     Args:
@@ -241,6 +244,9 @@ class SpecificModel(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [*self.specific1.parameters(), *self.specific2.parameters()]
 
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        return ("shared.",)
+
     def train(self, mode: bool = True) -> SpecificModel:
         super().train(mode)
         self.shared.eval()
@@ -260,6 +266,11 @@ class SpecificModel(nn.Module):
         s1, s2, _, _ = self._specific_and_shared(x1, x2)
         return s1, s2
 
+    def representations(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return ``specific1`` = s1 and ``specific2`` = s2 of clean inputs."""
+        s1, s2 = self.embed(x1, x2)
+        return {"specific1": s1, "specific2": s2}
+
     def _augmented_views(
         self, x1: torch.Tensor, x2: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,7 +289,7 @@ class SpecificModel(nn.Module):
         self,
         x1: torch.Tensor,
         x2: torch.Tensor,
-        parallel: DataParallelContext = _SINGLE_PROCESS,
+        parallel: DataParallelContext = SINGLE_PROCESS,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Compute the step-2 loss terms for a local batch x1 (B, d1), x2 (B, d2)."""
@@ -316,3 +327,53 @@ class SpecificModel(nn.Module):
             "mi/specific1_infonce_lower_bound": log_batch - float(terms["infonce1"]),
             "mi/specific2_infonce_lower_bound": log_batch - float(terms["infonce2"]),
         }
+
+
+STEP1_TERMS = ("loss", "infonce", "cmi_penalty")
+STEP1_DIAGNOSTICS = ("infonce", "mi/shared_infonce_lower_bound", "mi/cmi_upper_bound_kl")
+STEP2_TERMS = ("loss", "infonce1", "infonce2", "overlap")
+STEP2_DIAGNOSTICS = (
+    "infonce1",
+    "infonce2",
+    "overlap",
+    "mi/specific1_infonce_lower_bound",
+    "mi/specific2_infonce_lower_bound",
+)
+
+
+def disentangled_ssl_phases(method: MethodSpec, x1_dim: int, x2_dim: int) -> list[Phase]:
+    """Return step 1 and, when ``method.step2.enabled``, step 2 of DisentangledSSL.
+
+    Step 2 builds its model on the trained step-1 model of the same trial.
+    """
+    phases = [
+        Phase(
+            name="step1",
+            epochs=method.step1.epochs,
+            lr=method.step1.lr,
+            build=lambda previous: SharedModel(x1_dim, x2_dim, method),
+            train_terms=STEP1_TERMS,
+            diagnostics=STEP1_DIAGNOSTICS,
+            representations=("shared1", "shared2"),
+        )
+    ]
+    if method.step2.enabled:
+        phases.append(
+            Phase(
+                name="step2",
+                epochs=method.step2.epochs,
+                lr=method.step2.lr,
+                build=lambda previous: SpecificModel(_shared_of(previous), x1_dim, x2_dim, method),
+                train_terms=STEP2_TERMS,
+                diagnostics=STEP2_DIAGNOSTICS,
+                representations=("specific1", "specific2"),
+            )
+        )
+    return phases
+
+
+def _shared_of(previous: list[PhaseModel]) -> SharedModel:
+    shared = previous[0]
+    if not isinstance(shared, SharedModel):
+        raise TypeError(f"step 2 needs the step-1 SharedModel, got {type(shared).__name__}")
+    return shared

@@ -15,49 +15,45 @@ if TYPE_CHECKING:
 _DATASET_LABELS = {"synthetic": ("y_c", "y_1", "y_2"), "digits": ("digit",)}
 _DATASET_LATENTS = {"synthetic": ("z_s", "z_1", "z_2"), "digits": ()}
 
-_STEP1_EPOCH_METRICS = (
-    "step1/train/loss",
-    "step1/train/infonce",
-    "step1/train/cmi_penalty",
-    "step1/val/infonce",
-    "step1/lr",
-    "step1/samples_per_second",
-    "mi/shared_infonce_lower_bound",
-    "mi/cmi_upper_bound_kl",
-)
-_STEP2_EPOCH_METRICS = (
-    "step2/train/loss",
-    "step2/train/infonce1",
-    "step2/train/infonce2",
-    "step2/train/overlap",
-    "step2/val/infonce1",
-    "step2/val/infonce2",
-    "step2/val/overlap",
-    "step2/lr",
-    "step2/samples_per_second",
-    "mi/specific1_infonce_lower_bound",
-    "mi/specific2_infonce_lower_bound",
-)
 _TIMING_METRICS = ("time/training_seconds", "time/trial_seconds", "epoch")
 
 
 def per_epoch_metric_names(spec: StudySpec) -> set[str]:
     """Return the metrics reported after every epoch (the ones ASHA can compare)."""
-    names = set(_STEP1_EPOCH_METRICS)
-    if spec.method.step2.enabled:
-        names.update(_STEP2_EPOCH_METRICS)
+    from dssl.methods.registry import describe_phases
+
+    names: set[str] = set()
+    for phase in describe_phases(spec.method):
+        names.update(f"{phase.name}/train/{term}" for term in phase.train_terms)
+        names.update(phase.metric_key(diagnostic) for diagnostic in phase.diagnostics)
+        names.update((f"{phase.name}/lr", f"{phase.name}/samples_per_second"))
     return names
+
+
+def _probed_representations(spec: StudySpec) -> tuple[list[str], list[str]]:
+    """Return the probed representations and the ones regressed on the true latents."""
+    from dssl.methods.registry import describe_phases
+
+    available = {name for phase in describe_phases(spec.method) for name in phase.representations}
+    probed, regressed = [], []
+    if {"shared1", "shared2"} <= available:
+        probed.append("shared")
+        regressed.append("shared")
+    if {"specific1", "specific2"} <= available:
+        probed += ["specific1", "specific2", "specific"]
+        regressed += ["specific1", "specific2"]
+        if "shared" in probed:
+            probed.append("both")
+    return probed, regressed
 
 
 def final_metric_names(spec: StudySpec) -> set[str]:
     """Return every metric in a trial's final report (the ones a searcher can optimise)."""
-    representations = ["shared"]
-    if spec.method.step2.enabled:
-        representations += ["specific1", "specific2", "specific", "both"]
+    probed, regressed = _probed_representations(spec)
     labels = _DATASET_LABELS.get(spec.data.kind, ())
     latents = _DATASET_LATENTS.get(spec.data.kind, ())
 
     names = per_epoch_metric_names(spec) | set(_TIMING_METRICS)
-    names.update(f"probe/{r}/{label}" for r in representations for label in labels)
-    names.update(f"r2/{r}/{latent}" for r in representations[:3] for latent in latents)
+    names.update(f"probe/{r}/{label}" for r in probed for label in labels)
+    names.update(f"r2/{r}/{latent}" for r in regressed for latent in latents)
     return names

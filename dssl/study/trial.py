@@ -224,13 +224,12 @@ def _train_with_trainer(
 
 
 def _log_model_artifacts(tracker: StudyTracker, run_id: str, models: TrainedModels) -> None:
-    """Log the final step-1 and step-2 weights as ``checkpoints/step1.pt`` and ``step2.pt``."""
+    """Log each phase's final weights as ``checkpoints/<phase>.pt`` (``step1.pt``, ``step2.pt``).
+
+    A phase's file holds only its own weights; the frozen weights of earlier phases are in theirs.
+    """
     with tempfile.TemporaryDirectory(prefix="dssl-models-") as folder:
-        step1 = Path(folder) / "step1.pt"
-        torch.save(models.shared.state_dict(), step1)
-        tracker.log_artifact(run_id, step1, artifact_path="checkpoints")
-        if models.specific is not None:
-            step2 = Path(folder) / "step2.pt"
-            state = {k: v for k, v in models.specific.state_dict().items() if not k.startswith("shared.")}
-            torch.save(state, step2)
-            tracker.log_artifact(run_id, step2, artifact_path="checkpoints")
+        for name, model in models.phases.items():
+            path = Path(folder) / f"{name}.pt"
+            torch.save(model.checkpoint_state(), path)
+            tracker.log_artifact(run_id, path, artifact_path="checkpoints")

@@ -4,9 +4,10 @@ The loop does not import Ray Tune or MLflow. After every epoch it calls ``on_epo
 with the epoch's metrics and a :class:`TrainingState` that the caller may save as a checkpoint;
 passing that state back as ``resume_from`` continues after the saved epoch.
 
-Epoch numbering is global across the two steps: with 50 step-1 and 30 step-2 epochs, epochs
-1-50 train step 1 and epochs 51-80 train step 2. Each epoch reseeds the random state from
-(seed, epoch, rank), so a resumed run draws the same batches and samples as an uninterrupted one.
+A method is a list of phases (:mod:`dssl.methods.base`). Epoch numbering is global across the
+phases: with 50 step-1 and 30 step-2 epochs, epochs 1-50 train step 1 and epochs 51-80 train
+step 2. Each epoch reseeds the random state from (seed, epoch, rank), so a resumed run draws the
+same batches and samples as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dssl.methods.disentangled_ssl import SharedModel, SpecificModel
+from dssl.methods.base import Phase, PhaseModel
+from dssl.methods.registry import build_phases, describe_phases
 from dssl.train.distributed import DataParallelContext
 
 if TYPE_CHECKING:
@@ -39,15 +41,15 @@ class NonFiniteLossError(FloatingPointError):
 class TrainingState:
     """Everything needed to continue training after a completed epoch.
 
-    ``shared`` and ``specific`` are state dicts; ``optimizer`` and ``scheduler`` belong to the
-    step that was running. All values are tensors, numbers, strings or nested dicts of those, so
-    the state loads with ``torch.load(weights_only=True)``.
+    ``models`` maps each phase started so far to its :meth:`PhaseModel.checkpoint_state`;
+    ``optimizer`` and ``scheduler`` belong to ``phase``, the phase that was running. All values
+    are tensors, numbers, strings or nested dicts of those, so the state loads with
+    ``torch.load(weights_only=True)``.
     """
 
     epoch: int
-    step: int
-    shared: dict[str, Any]
-    specific: dict[str, Any] | None
+    phase: str
+    models: dict[str, dict[str, Any]]
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
 
@@ -61,16 +63,30 @@ class TrainingState:
 
 @dataclasses.dataclass
 class TrainedModels:
-    shared: SharedModel
-    specific: SpecificModel | None
+    """The trained model of every phase, in training order."""
+
+    phases: dict[str, PhaseModel]
+
+    def representations(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return every phase's evaluation embeddings of clean inputs (see :mod:`dssl.methods.base`)."""
+        merged: dict[str, torch.Tensor] = {}
+        for model in self.phases.values():
+            model.eval()
+            merged.update(model.representations(x1, x2))
+        return merged
+
+    @property
+    def device(self) -> torch.device:
+        first = next(iter(self.phases.values()))
+        return next(first.parameters()).device
 
 
 EpochCallback = Callable[[int, dict[str, float], TrainingState], None]
 
 
 def total_epochs(method: MethodSpec) -> int:
-    """Return the number of epochs of a trial over both steps."""
-    return method.step1.epochs + (method.step2.epochs if method.step2.enabled else 0)
+    """Return the number of epochs of a trial over all phases of its method."""
+    return sum(phase.epochs for phase in describe_phases(method))
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> np.random.Generator:
@@ -93,7 +109,7 @@ def _batches(
 
 
 def _held_out_diagnostics(
-    model: SharedModel | SpecificModel,
+    model: PhaseModel,
     x1: torch.Tensor,
     x2: torch.Tensor,
     batch_size: int,
@@ -114,17 +130,17 @@ def _held_out_diagnostics(
     return {key: value / count for key, value in sums.items()}
 
 
-def _check_finite(terms: dict[str, float], step: int, epoch: int) -> None:
+def _check_finite(terms: dict[str, float], phase: str, epoch: int) -> None:
     for name, value in terms.items():
         if not math.isfinite(value):
             raise NonFiniteLossError(
-                f"step {step} epoch {epoch}: training term {name!r} is {value}; "
+                f"{phase} epoch {epoch}: training term {name!r} is {value}; "
                 "lower the learning rate or the penalty weight"
             )
 
 
 def _run_epoch(
-    model: SharedModel | SpecificModel,
+    model: PhaseModel,
     parameters: list[torch.nn.Parameter],
     optimizer: torch.optim.Optimizer,
     batches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -167,8 +183,9 @@ def train_trial(
     diagnostics_samples: int = 4096,
     shard_indices: np.ndarray | None = None,
     resume_from: TrainingState | None = None,
+    pretrained: dict[str, dict[str, Any]] | None = None,
 ) -> TrainedModels:
-    """Train step 1 and, when enabled, step 2 of DisentangledSSL on one data-parallel worker.
+    """Train every phase of the trial's method on one data-parallel worker.
 
     Args:
         dataset: The paired dataset; training uses its train split (or ``shard_indices``).
@@ -181,9 +198,17 @@ def train_trial(
         diagnostics_samples: Held-out rows used for the per-epoch diagnostics.
         shard_indices: Dataset rows this worker trains on; defaults to the whole train split.
         resume_from: A state passed to ``on_epoch_end`` earlier; training continues after it.
+        pretrained: Checkpoint states of leading phases trained before, keyed by phase name
+            (for example ``{"step1": ...}``). Those phases are loaded instead of trained, and
+            their epochs produce no metrics.
 
     Returns:
-        The trained step-1 model and the step-2 model (``None`` when step 2 is disabled).
+        The trained model of every phase.
+
+    Raises:
+        ValueError: If the batch does not split over the workers, a worker has less than one
+            batch of rows, or ``pretrained`` names a phase that does not lead the method.
+        NonFiniteLossError: If a training term becomes NaN or infinite.
     """
     parallel = parallel or DataParallelContext()
     device = torch.device(device)
@@ -207,73 +232,100 @@ def train_trial(
     x2_held_out = torch.as_tensor(dataset.x2[held_out], device=device)
     diagnostics_batch = min(method.batch_size, x1_held_out.shape[0])
 
-    torch.manual_seed(seed)
-    shared = SharedModel(dataset.x1.shape[1], dataset.x2.shape[1], method).to(device)
-    specific: SpecificModel | None = None
-    first_epoch = 1
-    if resume_from is not None:
-        shared.load_state_dict(resume_from.shared)
-        first_epoch = resume_from.epoch + 1
+    phases = build_phases(method, dataset.x1.shape[1], dataset.x2.shape[1])
+    pretrained = dict(pretrained or {})
+    _check_pretrained(phases, pretrained)
+    first_epoch = 1 if resume_from is None else resume_from.epoch + 1
+    models: dict[str, PhaseModel] = {}
+    offset = 0
 
-    step1_epochs = method.step1.epochs
-    last_epoch = total_epochs(method)
-    optimizer, scheduler, parameters = None, None, []
+    for index, phase in enumerate(phases):
+        phase_epochs = range(max(first_epoch, offset + 1), offset + phase.epochs + 1)
+        offset += phase.epochs
+        model = _build_phase_model(phase, index, models, seed, device)
 
-    for epoch in range(first_epoch, last_epoch + 1):
-        step = 1 if epoch <= step1_epochs else 2
-        if optimizer is None or (step == 2 and specific is None):
-            specific, optimizer, scheduler, parameters = _start_step(
-                step, shared, specific, dataset, method, device, seed, resume_from, epoch
+        saved = pretrained.get(phase.name)
+        if resume_from is not None and phase.name in resume_from.models:
+            saved = resume_from.models[phase.name]
+        if saved is not None:
+            model.load_checkpoint_state(saved)
+        if phase.name in pretrained or len(phase_epochs) == 0:
+            models[phase.name] = model
+            continue
+
+        parameters = model.trainable_parameters()
+        optimizer = _make_adam(parameters, phase.lr, device)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=phase.epochs, eta_min=0.0)
+        if resume_from is not None and resume_from.phase == phase.name:
+            _restore_optimizer(optimizer, scheduler, resume_from)
+
+        for epoch in phase_epochs:
+            rng = _seed_epoch(seed, epoch, parallel.rank)
+            started = time.perf_counter()
+            terms = _run_epoch(model, parameters, optimizer, _batches(x1, x2, local_batch, rng), parallel)
+            terms = _mean_across_workers(terms, parallel)
+            _check_finite(terms, phase.name, epoch)
+            elapsed = time.perf_counter() - started
+            learning_rate = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+
+            metrics = {f"{phase.name}/train/{name}": value for name, value in terms.items()}
+            metrics.update(
+                {
+                    "epoch": float(epoch),
+                    "step": float(index + 1),
+                    f"{phase.name}/lr": learning_rate,
+                    f"{phase.name}/samples_per_second": local_batch * parallel.world_size
+                    * (x1.shape[0] // local_batch) / max(elapsed, 1e-9),
+                }
             )
-        model = shared if step == 1 else specific
-        assert model is not None
+            if parallel.is_main and x1_held_out.shape[0] > 0:
+                diagnostics = _held_out_diagnostics(model, x1_held_out, x2_held_out, diagnostics_batch)
+                metrics.update({phase.metric_key(name): value for name, value in diagnostics.items()})
 
-        rng = _seed_epoch(seed, epoch, parallel.rank)
-        started = time.perf_counter()
-        terms = _run_epoch(model, parameters, optimizer, _batches(x1, x2, local_batch, rng), parallel)
-        terms = _mean_across_workers(terms, parallel)
-        _check_finite(terms, step, epoch)
-        elapsed = time.perf_counter() - started
-        learning_rate = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+            if on_epoch_end is not None:
+                states = {name: trained.checkpoint_state() for name, trained in models.items()}
+                states[phase.name] = model.checkpoint_state()
+                state = TrainingState(
+                    epoch=epoch,
+                    phase=phase.name,
+                    models=states,
+                    optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(),
+                )
+                on_epoch_end(epoch, metrics, state)
+        models[phase.name] = model
 
-        metrics = {f"step{step}/train/{name}": value for name, value in terms.items()}
-        metrics.update(
-            {
-                "epoch": float(epoch),
-                "step": float(step),
-                f"step{step}/lr": learning_rate,
-                f"step{step}/samples_per_second": local_batch * parallel.world_size
-                * (x1.shape[0] // local_batch) / max(elapsed, 1e-9),
-            }
+    return TrainedModels(phases=models)
+
+
+def _check_pretrained(phases: list[Phase], pretrained: dict[str, dict[str, Any]]) -> None:
+    """Reject pretrained states that do not belong to a leading run of this method's phases."""
+    names = [phase.name for phase in phases]
+    leading = names[: len(pretrained)]
+    if set(pretrained) != set(leading):
+        raise ValueError(
+            f"pretrained states must cover the first phases of the method in order; got "
+            f"{sorted(pretrained)} for phases {names}"
         )
-        if parallel.is_main and x1_held_out.shape[0] > 0:
-            diagnostics = _held_out_diagnostics(model, x1_held_out, x2_held_out, diagnostics_batch)
-            for name, value in diagnostics.items():
-                key = name if name.startswith("mi/") else f"step{step}/val/{name}"
-                metrics[key] = value
-
-        if on_epoch_end is not None:
-            state = TrainingState(
-                epoch=epoch,
-                step=step,
-                shared=shared.state_dict(),
-                specific=None if specific is None else _specific_only(specific),
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-            )
-            on_epoch_end(epoch, metrics, state)
-
-    if method.step2.enabled and specific is None:
-        # Resuming after the last epoch of step 2 leaves nothing to train, but the caller
-        # still needs the step-2 model.
-        specific, _, _, _ = _start_step(2, shared, None, dataset, method, device, seed, resume_from, last_epoch)
-    return TrainedModels(shared=shared, specific=specific)
 
 
-def _specific_only(specific: SpecificModel) -> dict[str, Any]:
-    """Return the step-2 state without the frozen shared encoders (saved separately)."""
-    return {k: v for k, v in specific.state_dict().items() if not k.startswith("shared.")}
+def _build_phase_model(
+    phase: Phase, index: int, earlier: dict[str, PhaseModel], seed: int, device: torch.device
+) -> PhaseModel:
+    """Build a phase's model from a seed that depends on the phase, so resuming rebuilds it equally."""
+    torch.manual_seed(seed + index)
+    return phase.build(list(earlier.values())).to(device)
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: Any, state: TrainingState) -> None:
+    fused = optimizer.param_groups[0].get("fused")
+    optimizer.load_state_dict(state.optimizer)
+    # load_state_dict restores the saved "fused" flag too; keep the one this device supports.
+    for group in optimizer.param_groups:
+        group["fused"] = fused
+    scheduler.load_state_dict(state.scheduler)
+    logger.info("resumed %s after epoch %d", state.phase, state.epoch)
 
 
 # Devices with a fused (single-kernel) Adam in torch 2.13. The default CPU implementation loops
@@ -299,51 +351,13 @@ def _make_adam(parameters: list[torch.nn.Parameter], lr: float, device: torch.de
     return torch.optim.Adam(parameters, lr=lr)
 
 
-def _start_step(
-    step: int,
-    shared: SharedModel,
-    specific: SpecificModel | None,
-    dataset: PairedDataset,
-    method: MethodSpec,
-    device: torch.device,
-    seed: int,
-    resume_from: TrainingState | None,
-    epoch: int,
-) -> tuple[SpecificModel | None, torch.optim.Optimizer, Any, list[torch.nn.Parameter]]:
-    """Build the model part, optimiser and cosine schedule of ``step``, restoring a resumed state."""
-    if step == 1:
-        parameters = list(shared.parameters())
-        settings = method.step1
-    else:
-        # Step 2 trains on the step-1 model of this trial: same data, same seed.
-        torch.manual_seed(seed + 1)
-        specific = SpecificModel(shared, dataset.x1.shape[1], dataset.x2.shape[1], method).to(device)
-        parameters = specific.trainable_parameters()
-        settings = method.step2
-
-    optimizer = _make_adam(parameters, settings.lr, device)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs, eta_min=0.0)
-
-    if resume_from is not None and resume_from.step == step:
-        if step == 2 and resume_from.specific is not None:
-            assert specific is not None
-            specific.load_state_dict(resume_from.specific, strict=False)
-        fused = optimizer.param_groups[0].get("fused")
-        optimizer.load_state_dict(resume_from.optimizer)
-        # load_state_dict restores the saved "fused" flag too; keep the one this device supports.
-        for group in optimizer.param_groups:
-            group["fused"] = fused
-        scheduler.load_state_dict(resume_from.scheduler)
-        logger.info("resumed step %d after epoch %d", step, resume_from.epoch)
-    return specific, optimizer, scheduler, parameters
-
-
 def restore_models(state: TrainingState, x1_dim: int, x2_dim: int, method: MethodSpec) -> TrainedModels:
-    """Rebuild the trained models from a saved :class:`TrainingState`."""
-    shared = SharedModel(x1_dim, x2_dim, method)
-    shared.load_state_dict(state.shared)
-    specific = None
-    if state.specific is not None:
-        specific = SpecificModel(shared, x1_dim, x2_dim, method)
-        specific.load_state_dict(state.specific, strict=False)
-    return TrainedModels(shared=shared, specific=specific)
+    """Rebuild the trained models of every phase in a saved :class:`TrainingState`."""
+    models: dict[str, PhaseModel] = {}
+    for phase in build_phases(method, x1_dim, x2_dim):
+        if phase.name not in state.models:
+            break
+        model = phase.build(list(models.values()))
+        model.load_checkpoint_state(state.models[phase.name])
+        models[phase.name] = model
+    return TrainedModels(phases=models)
