@@ -148,9 +148,10 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     # multi-worker trial, finds the cluster through RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, then
     # /tmp/ray/ray_current_cluster. Only `ray start` writes that file, so without the variable the
     # query targets whatever cluster `ray start` last ran and waits 10 s for it when it is gone.
-    # Processes that Ray starts inherit this environment, so the variable is set before ray.init.
+    # The job's runtime environment sets the variable in Ray's workers only: in this process it
+    # would also redirect any `ray job submit` started from here.
     dashboard_port = _dashboard_port()
-    os.environ[_API_SERVER_ADDRESS_ENV] = f"http://127.0.0.1:{dashboard_port}"
+    api_server = {_API_SERVER_ADDRESS_ENV: f"http://127.0.0.1:{dashboard_port}"}
     # address="local" always starts a new cluster, even when a stale file names a dead one.
     ray.init(
         address="local",
@@ -160,6 +161,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         _node_ip_address="127.0.0.1",
         num_cpus=num_cpus,
         log_to_driver=True,
+        runtime_env={"env_vars": api_server},
     )
 
 
@@ -167,6 +169,8 @@ def _dashboard_port() -> int:
     """Return Ray's default dashboard port 8265 when it is free on 127.0.0.1, else a free port."""
     for port in (_DEFAULT_DASHBOARD_PORT, 0):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # The dashboard binds with SO_REUSEADDR, so a port in TIME_WAIT is free for it too.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
