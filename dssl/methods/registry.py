@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dssl.methods.base import Phase
-from dssl.methods.disentangled_ssl import disentangled_ssl_phases
 
 if TYPE_CHECKING:
     from dssl.study.schema import MethodSpec
 
 PhaseBuilder = Callable[["MethodSpec", int, int], list[Phase]]
 
-_METHODS: dict[str, PhaseBuilder] = {
-    "disentangled_ssl": disentangled_ssl_phases,
+# "module:function" of each method's phase builder, imported on first use.
+_METHODS: dict[str, str] = {
+    "disentangled_ssl": "dssl.methods.disentangled_ssl:disentangled_ssl_phases",
+    "clip": "dssl.methods.clip:clip_phases",
+    "joint_opt": "dssl.methods.joint_opt:joint_opt_phases",
+    "focal": "dssl.methods.focal:focal_phases",
+    "dmvae": "dssl.methods.dmvae:dmvae_phases",
 }
+
+
+def _load_builder(name: str) -> PhaseBuilder:
+    module_name, _, function_name = _METHODS[name].partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
 
 
 def method_names() -> tuple[str, ...]:
@@ -34,11 +44,9 @@ def build_phases(method: MethodSpec, x1_dim: int, x2_dim: int) -> list[Phase]:
     Raises:
         ValueError: If ``method.name`` is not registered.
     """
-    try:
-        builder = _METHODS[method.name]
-    except KeyError:
-        raise ValueError(f"unknown method {method.name!r}; expected one of {method_names()}") from None
-    return builder(method, x1_dim, x2_dim)
+    if method.name not in _METHODS:
+        raise ValueError(f"unknown method {method.name!r}; expected one of {method_names()}")
+    return _load_builder(method.name)(method, x1_dim, x2_dim)
 
 
 def describe_phases(method: MethodSpec) -> list[Phase]:

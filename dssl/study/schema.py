@@ -507,7 +507,13 @@ class Step2Spec(_Spec):
 class MethodSpec(_Spec):
     """DisentangledSSL settings; the search space samples some of them per trial."""
 
-    name: Literal["disentangled_ssl"] = "disentangled_ssl"
+    name: Literal["disentangled_ssl", "clip", "joint_opt", "focal", "dmvae"] = Field(
+        "disentangled_ssl",
+        description=(
+            "The method: 'disentangled_ssl' (two steps), 'clip' (step 1 with beta 0, step 2 off), "
+            "or the joint baselines 'joint_opt', 'focal' and 'dmvae'."
+        ),
+    )
     hidden_dim: int = Field(512, ge=1, description="Width of each MLP hidden layer.")
     num_hidden_layers: int = Field(1, ge=1)
     embed_dim: int = Field(100, ge=1, description="Shared and specific embedding dim per modality.")
@@ -543,8 +549,7 @@ def _method_leaves() -> dict[str, _Leaf]:
 
     def visit(model: type[BaseModel], prefix: tuple[str, ...], attrs: tuple[str, ...]) -> None:
         for name, info in model.model_fields.items():
-            if model is MethodSpec and name == "name":
-                continue  # The method name selects the trainer; it is not a hyperparameter.
+            # The method name is a leaf too, so a study can compare methods on one budget.
             key = info.alias or name
             annotation = info.annotation
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
