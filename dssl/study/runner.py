@@ -29,6 +29,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from dssl.data.dataset import PairedDataset, load_dataset
 from dssl.study.schema import StudySpec, dump_resolved_yaml, load_study
+from dssl.study.step1_cache import Step1Coordinator
 from dssl.study.space import grid_size, make_define_by_run, make_sampler
 from dssl.study.tracking import TRIAL_ID_TAG, StudyTracker, resolve_tracking_uri
 from dssl.study.trial import TrialContext, run_trial, trial_resources
@@ -332,6 +333,7 @@ def run_study(
             parent_run_id=parent_run_id,
             dataset_ref=ray.put(dataset),
             storage_path=str(study_dir),
+            step1_coordinator=Step1Coordinator.remote() if spec.tracking.reuse_step1 else None,
         )
         results = _fit(spec, context, tracker, optuna_url, run_name, storage)
         outcome = _summarise(spec, results, tracker, parent_run_id, uri, experiment_name, optuna_url, study_dir, run_name)

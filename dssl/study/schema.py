@@ -1045,6 +1045,13 @@ class TrackingSpec(_Spec):
     experiment: str | None = Field(
         None, min_length=1, description="MLflow experiment; set to the study name when left out."
     )
+    reuse_step1: bool = Field(
+        True,
+        description=(
+            "Load the step-1 model of an earlier trial on the same tracking server (this study or "
+            "another) whose data, step-1 settings, seed and worker count match, instead of training it."
+        ),
+    )
 
 
 class StudySpec(_Spec):

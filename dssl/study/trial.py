@@ -28,6 +28,7 @@ from dssl.data.dataset import PairedDataset
 from dssl.eval.evaluate import evaluate_trial
 from dssl.study.schema import MethodSpec, StudySpec, flatten_params, resolve_method
 from dssl.study.space import method_overrides, seed_of
+from dssl.study.step1_cache import obtain_step1, publish_step1, reuses_step1, step1_key
 from dssl.study.tracking import StudyTracker, log_metrics
 from dssl.train.checkpoint import load_state, save_state
 from dssl.train.loop import TrainedModels, TrainingState, restore_models, total_epochs, train_trial
@@ -45,6 +46,7 @@ class TrialContext:
     parent_run_id: str
     dataset_ref: Any
     storage_path: str
+    step1_coordinator: Any | None = None
 
 
 def trial_resources(spec: StudySpec) -> dict[str, float]:
@@ -72,13 +74,16 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     params.update(_resource_params(context.spec))
     run_id = tracker.start_trial_run(context.parent_run_id, trial_id, tune_context.get_trial_name(), params)
 
+    step1 = _Step1Reuse(context, tracker, run_id, trial_id)
     try:
         started = time.perf_counter()
+        step1.prepare(method, seed)
         dataset = ray.get(context.dataset_ref)
         if context.spec.resources.num_workers == 1:
-            models, last_metrics = _train_in_process(dataset, method, seed, context, tracker, run_id)
+            models, last_metrics = _train_in_process(dataset, method, seed, context, tracker, run_id, step1)
         else:
-            models, last_metrics = _train_with_trainer(dataset, method, seed, context, run_id, trial_id)
+            models, last_metrics = _train_with_trainer(dataset, method, seed, context, run_id, trial_id, step1)
+        step1.publish(models.phases["step1"].checkpoint_state() if "step1" in models.phases else None)
         training_seconds = time.perf_counter() - started
 
         final = evaluate_trial(
@@ -104,6 +109,49 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         status = "KILLED" if isinstance(error, (SystemExit, KeyboardInterrupt)) else "FAILED"
         _end_run_after_error(tracker, run_id, status, error)
         raise
+    finally:
+        step1.release()
+
+
+class _Step1Reuse:
+    """A trial's part in step-1 reuse (:mod:`dssl.study.step1_cache`): load, or train and publish."""
+
+    def __init__(self, context: TrialContext, tracker: StudyTracker, run_id: str, trial_id: str) -> None:
+        self._context = context
+        self._tracker = tracker
+        self._run_id = run_id
+        self._trial_id = trial_id
+        self._key: str | None = None
+        self._owned = False
+        self.pretrained: dict[str, dict[str, Any]] | None = None
+
+    def prepare(self, method: MethodSpec, seed: int) -> None:
+        """Look the trial's step-1 model up and log where it comes from as ``step1.*`` params."""
+        if not (self._context.spec.tracking.reuse_step1 and reuses_step1(method)):
+            return
+        self._key = step1_key(self._context.spec, method, seed)
+        found = obtain_step1(self._context.step1_coordinator, self._tracker.client, self._key, self._trial_id)
+        if found is None:
+            self._owned = True
+            self._tracker.log_params(self._run_id, {"step1.run_id": self._run_id, "step1.key": self._key})
+            return
+        state, source_run_id, uri = found
+        self.pretrained = {"step1": state}
+        self._tracker.log_params(
+            self._run_id, {"step1.run_id": source_run_id, "step1.checkpoint_uri": uri, "step1.key": self._key}
+        )
+
+    def publish(self, state: dict[str, Any] | None) -> None:
+        """Publish the step-1 model this trial trained, once, and let waiting trials go on."""
+        if not self._owned or self._key is None or state is None:
+            return
+        publish_step1(self._tracker.client, self._run_id, self._key, state)
+        self.release()
+
+    def release(self) -> None:
+        if self._owned and self._key is not None and self._context.step1_coordinator is not None:
+            self._context.step1_coordinator.release.remote(self._key, self._trial_id)
+        self._owned = False
 
 
 def _resource_params(spec: StudySpec) -> dict[str, Any]:
@@ -137,6 +185,7 @@ def _train_in_process(
     context: TrialContext,
     tracker: StudyTracker,
     run_id: str,
+    step1: _Step1Reuse,
 ) -> tuple[TrainedModels, dict[str, float]]:
     torch.set_num_threads(max(1, int(context.spec.resources.cpus_per_worker)))
     resume_from = None
@@ -153,6 +202,9 @@ def _train_in_process(
         # The latest value of every metric, step-1 ones included after step 2 has started.
         last_metrics.update(metrics)
         log_metrics(tracker.client, run_id, metrics, step=epoch)
+        if state.phase == "step1" and epoch == method.step1.epochs:
+            # Trials waiting for this step-1 model can start their step 2 now.
+            step1.publish(state.models["step1"])
         if not keep_checkpoints and epoch != total_epochs(method):
             tune.report(metrics)
             return
@@ -168,6 +220,7 @@ def _train_in_process(
         device=_device_for(context.spec),
         diagnostics_samples=context.spec.eval.diagnostics_samples,
         resume_from=resume_from,
+        pretrained=step1.pretrained,
     )
     return models, last_metrics
 
@@ -179,6 +232,7 @@ def _train_with_trainer(
     context: TrialContext,
     run_id: str,
     trial_id: str,
+    step1: _Step1Reuse,
 ) -> tuple[TrainedModels, dict[str, float]]:
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -198,6 +252,7 @@ def _train_with_trainer(
             "dataset_ref": context.dataset_ref,
             "method": method.model_dump(),
             "seed": seed,
+            "pretrained_ref": None if step1.pretrained is None else ray.put(step1.pretrained),
             "diagnostics_samples": context.spec.eval.diagnostics_samples,
             "threads": max(1, int(resources.cpus_per_worker)),
         },

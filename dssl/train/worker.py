@@ -28,7 +28,8 @@ def train_worker(config: dict[str, Any]) -> None:
     """Train one trial on this Ray Train worker.
 
     ``config`` keys: ``dataset_ref`` (an ObjectRef of a PairedDataset), ``method`` (a dict of
-    :class:`MethodSpec`), ``seed``, ``diagnostics_samples`` and ``threads``.
+    :class:`MethodSpec`), ``seed``, ``diagnostics_samples``, ``threads`` and ``pretrained_ref``
+    (an ObjectRef of step-1 states to load instead of training step 1, or None).
     """
     context = ray.train.get_context()
     parallel = DataParallelContext(rank=context.get_world_rank(), world_size=context.get_world_size())
@@ -65,4 +66,5 @@ def train_worker(config: dict[str, Any]) -> None:
         diagnostics_samples=int(config["diagnostics_samples"]),
         shard_indices=shard,
         resume_from=resume_from,
+        pretrained=None if config.get("pretrained_ref") is None else ray.get(config["pretrained_ref"]),
     )
