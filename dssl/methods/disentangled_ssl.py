@@ -14,11 +14,17 @@ Step 2, with the step-1 encoders frozen and two augmented views x' = T(x), v = T
 
     s_m = f_sm(concat(x_m, e_m))          specific embedding, (B, k)
     h1  = normalise(concat(s1(x1'), e2(x2')))   and the same for view v
-    loss = InfoNCE(h1, h1v) + InfoNCE(h2, h2v) + lambda * mean orthogonality(s_m, e_m)
+    loss = InfoNCE(h1, h1v) + InfoNCE(h2, h2v) + lambda * overlap(s_m, e_m)
+
+``method.step2.penalty`` selects the overlap: ``orthogonality`` (the reference's), ``club`` (the
+CLUB upper bound on I(s_m; e_m), whose variational networks train alongside the encoders) or
+``hsic`` (Gaussian-kernel HSIC). Each is summed over the two modalities and averaged over the two
+views. With ``method.temperature_learnable`` each step learns its own InfoNCE temperature.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,7 +38,9 @@ from dssl.nn.encoders import MLPEncoder
 from dssl.nn.gaussian import GaussianHead
 from dssl.nn.precision import encoder_autocast
 from dssl.nn.vmf import VonMisesFisherHead
+from dssl.objectives.club import ClubEstimator
 from dssl.objectives.conditional_mi import conditional_mi_penalty, conditional_mi_upper_bound_nats
+from dssl.objectives.hsic import hsic
 from dssl.objectives.infonce import symmetric_infonce
 from dssl.objectives.overlap import orthogonality_penalty
 from dssl.train.distributed import DataParallelContext
@@ -40,8 +48,78 @@ from dssl.train.distributed import DataParallelContext
 if TYPE_CHECKING:
     from dssl.study.schema import MethodSpec
 
+
+class _InwardClamp(torch.autograd.Function):
+    """Clamp a tensor to [low, high], with a backward pass that keeps gradients pointing into the range.
+
+    A plain clamp has a zero gradient outside the range, so a parameter that an optimiser step
+    carries past a bound would stay there for good. Here the gradient is zeroed only where a
+    descent step would move the value further out.
+    """
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, low: float, high: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(value)
+        ctx.low, ctx.high = low, high
+        return value.clamp(low, high)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        (value,) = ctx.saved_tensors
+        # A descent step moves by -grad: below the range it must rise (grad < 0), above it fall.
+        outward = ((value < ctx.low) & (grad > 0)) | ((value > ctx.high) & (grad < 0))
+        return grad.masked_fill(outward, 0.0), None, None
+
+
+class LearnableTemperature(nn.Module):
+    """A learnt softmax temperature tau = exp(log_tau), clamped to [low, high] in the forward pass.
+
+    The parameter is the log-temperature, so Adam's steps are relative changes of tau.
+
+    Args:
+        initial: Starting temperature, in [low, high].
+        low: Smallest temperature the forward pass returns, > 0.
+        high: Largest temperature the forward pass returns, > low.
+
+    Raises:
+        ValueError: If the range is not 0 < low < high or ``initial`` lies outside it.
+
+    Example:
+        >>> temperature = LearnableTemperature(0.07, low=0.01, high=1.0)
+        >>> round(float(temperature()), 6)
+        0.07
+        >>> [name for name, _ in temperature.named_parameters()]
+        ['log_temperature']
+    """
+
+    def __init__(self, initial: float, low: float, high: float) -> None:
+        super().__init__()
+        if not 0.0 < low < high < math.inf:
+            raise ValueError(f"temperature range must satisfy 0 < low < high, got low {low!r} and high {high!r}")
+        if not low <= initial <= high:
+            raise ValueError(f"initial temperature must lie in [{low!r}, {high!r}], got {initial!r}")
+        self.low = float(low)
+        self.high = float(high)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(initial)))
+
+    def extra_repr(self) -> str:
+        return f"low={self.low}, high={self.high}"
+
+    def forward(self) -> torch.Tensor:
+        """Return the temperature as a scalar tensor that carries the gradient to log_tau."""
+        return _InwardClamp.apply(self.log_temperature, math.log(self.low), math.log(self.high)).exp()
+
+
+def _make_temperature(method: MethodSpec) -> LearnableTemperature | None:
+    """Return a learnable temperature when ``method.temperature_learnable``, else None."""
+    if not method.temperature_learnable:
+        return None
+    low, high = method.temperature_range
+    return LearnableTemperature(method.temperature, low, high)
+
+
 def _gathered_infonce(
-    a: torch.Tensor, b: torch.Tensor, temperature: float, parallel: DataParallelContext
+    a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor, parallel: DataParallelContext
 ) -> torch.Tensor:
     """Symmetric InfoNCE of local rows ``a``, ``b`` (B, d) against every worker's rows."""
     if not parallel.is_distributed:
@@ -93,6 +171,101 @@ def _overlap_penalty(
     return 0.5 * orthogonality_penalty(specific, shared).sum()
 
 
+def _hsic_overlap(
+    s1: torch.Tensor,
+    c1: torch.Tensor,
+    s2: torch.Tensor,
+    c2: torch.Tensor,
+    batch: int,
+    parallel: DataParallelContext,
+    sigma: float | None,
+) -> torch.Tensor:
+    """Return the step-2 HSIC penalty over both views and both modalities.
+
+    ``s_m``, ``c_m`` are (2B, k), rows [:B] from view x' and rows [B:] from view v. Each
+    (view, modality) pair contributes the Gaussian-kernel HSIC between the row-normalised
+    specific and shared codes: on unit rows a fixed ``sigma`` has the same meaning all through
+    training, and the penalty cannot be lowered by rescaling the codes. HSIC is a double sum over
+    row pairs, not a mean over rows, so with several workers it is computed on the gathered
+    global batch, as the orthogonality penalty is. The scale is half the sum of the four values,
+    the orthogonality penalty's convention.
+    """
+    if parallel.is_distributed:
+        s1, c1, s2, c2 = (_gather_views(views, batch, parallel) for views in (s1, c1, s2, c2))
+        batch = batch * parallel.world_size
+
+    total = s1.new_zeros(())
+    for specific, shared in ((s1, c1), (s2, c2)):
+        specific_unit = F.normalize(specific, dim=1)
+        shared_unit = F.normalize(shared, dim=1)
+        for rows in (slice(0, batch), slice(batch, 2 * batch)):
+            total = total + hsic(specific_unit[rows], shared_unit[rows], sigma_x=sigma, sigma_y=sigma)
+    return 0.5 * total
+
+
+def _club_codes(codes: torch.Tensor) -> torch.Tensor:
+    """Return the rows of ``codes`` (N, k) scaled to norm sqrt(k): unit RMS per coordinate.
+
+    q starts at N(0, I) (see :func:`_make_club`), which suits codes of that scale. With the
+    reference initialisation the raw codes start about 100 times smaller and would need a
+    log-variance near -9. Adam at the step-2 learning rate of 1e-4 moves q's output by about 1e-4
+    per step, far too slowly for the 8400 steps of the reference step 2. Like the orthogonality
+    penalty, CLUB therefore compares directions, and the norm of s is not penalised.
+    """
+    return F.normalize(codes, dim=1) * math.sqrt(codes.shape[1])
+
+
+def _make_club(dim: int, hidden_dim: int) -> ClubEstimator:
+    """Build q(s | c) for (N, dim) codes with its output layer at zero.
+
+    The zero output layer starts q at N(0, I) for every c. On the unit-RMS codes of
+    :func:`_club_codes` that is a fair first guess (negative log-likelihood 0.5 * dim * (1 + log 2 pi)
+    nats), and the CLUB estimate starts at exactly 0, growing only as q learns a dependence of s on c.
+    """
+    # NOTE: how closely q fits p(s | c) by the end of a full-length step 2 has been measured only in
+    # short test runs; the logged step2/val/club_learning_loss shows the fit of each trial.
+    club = ClubEstimator(dim, dim, hidden_dim)
+    nn.init.zeros_(club.output.weight)
+    nn.init.zeros_(club.output.bias)
+    return club
+
+
+def _club_overlap(
+    clubs: nn.ModuleList,
+    s1: torch.Tensor,
+    c1: torch.Tensor,
+    s2: torch.Tensor,
+    c2: torch.Tensor,
+    batch: int,
+    parallel: DataParallelContext,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the step-2 CLUB penalty and the CLUB networks' learning loss.
+
+    ``clubs[m]`` models q(s_m | c_m) for modality m. Inputs are (2B, k) view-stacked rows as in
+    :func:`_hsic_overlap`, passed through :func:`_club_codes`. The penalty is half the sum of the
+    four (view, modality) CLUB estimates; its gradient reaches the specific codes and not q.
+    The learning loss is the sum over modalities of the negative log-likelihood of q over both
+    views' local rows; its gradient reaches only q.
+
+    CLUB's second term averages log q(s_j | c_i) over all pairs (i, j) of the batch, which pairs
+    rows of different workers, so with several workers the estimate is computed on the gathered
+    global batch (every worker gets the same value, and gradients flow back through the gather).
+    The learning loss is a mean over rows, so each worker uses its own rows and the averaged
+    gradients equal those of the global batch.
+    """
+    x1, y1, x2, y2 = (_club_codes(codes) for codes in (c1, s1, c2, s2))
+    learning = clubs[0].learning_loss(x1, y1) + clubs[1].learning_loss(x2, y2)
+    if parallel.is_distributed:
+        x1, y1, x2, y2 = (_gather_views(views, batch, parallel) for views in (x1, y1, x2, y2))
+        batch = batch * parallel.world_size
+
+    total = y1.new_zeros(())
+    for club, x, y in ((clubs[0], x1, y1), (clubs[1], x2, y2)):
+        for rows in (slice(0, batch), slice(batch, 2 * batch)):
+            total = total + club(x[rows], y[rows])
+    return 0.5 * total, learning
+
+
 def _augment_pair(
     x1: torch.Tensor, x2: torch.Tensor, noise_std: float, drop_fraction: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,6 +309,13 @@ class SharedModel(PhaseModel):
         self.encoder1 = MLPEncoder(x1_dim, **encoder_args)
         self.encoder2 = MLPEncoder(x2_dim, **encoder_args)
         self.head = _make_head(step1.head, step1.kappa)
+        self.learned_temperature = _make_temperature(method)
+
+    def temperature(self) -> float | torch.Tensor:
+        """Return the InfoNCE temperature: the learnt one (a scalar tensor) or the fixed number."""
+        if self.learned_temperature is None:
+            return self.method.temperature
+        return self.learned_temperature()
 
     def embed(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the deterministic shared embeddings e1, e2, each (B, embed_dim)."""
@@ -177,7 +357,8 @@ class SharedModel(PhaseModel):
             e1, e2 = self.embed(x1, x2)
         mu1, mu2, z1, z2 = self._sample_both(e1.float(), e2.float())
 
-        infonce = _gathered_infonce(z1, z2, self.method.temperature, parallel)
+        temperature = self.temperature()
+        infonce = _gathered_infonce(z1, z2, temperature, parallel)
         # Both the vMF and the deterministic head return unit mean directions.
         penalty = conditional_mi_penalty(
             mu1,
@@ -188,7 +369,10 @@ class SharedModel(PhaseModel):
             unit_rows=step1.head != "gaussian",
         )
         loss = infonce + step1.beta * penalty
-        return {"loss": loss, "infonce": infonce, "cmi_penalty": penalty}
+        terms = {"loss": loss, "infonce": infonce, "cmi_penalty": penalty}
+        if isinstance(temperature, torch.Tensor):
+            terms["temperature"] = temperature.detach()
+        return terms
 
     @torch.no_grad()
     def diagnostics(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, float]:
@@ -200,7 +384,7 @@ class SharedModel(PhaseModel):
         """
         e1, e2 = self.embed(x1, x2)
         mu1, mu2, z1, z2 = self._sample_both(e1, e2)
-        infonce = symmetric_infonce(z1, z2, self.method.temperature)
+        infonce = symmetric_infonce(z1, z2, self.temperature())
         # NOTE: a deterministic head has no posterior, so its bound is reported as if it were a vMF
         # head of the configured kappa. It is comparable with vMF trials only.
         upper = conditional_mi_upper_bound_nats(
@@ -240,9 +424,26 @@ class SpecificModel(PhaseModel):
         )
         self.specific1 = MLPEncoder(x1_dim + method.embed_dim, **encoder_args)
         self.specific2 = MLPEncoder(x2_dim + method.embed_dim, **encoder_args)
+        self.learned_temperature = _make_temperature(method)
+        # One CLUB network q(s_m | c_m) per modality, trained alongside the encoders.
+        self.club: nn.ModuleList | None = None
+        if method.step2.penalty == "club":
+            hidden = method.step2.club_hidden_dim or method.step2.default_club_hidden_dim
+            self.club = nn.ModuleList([_make_club(method.embed_dim, hidden) for _ in range(2)])
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [*self.specific1.parameters(), *self.specific2.parameters()]
+        """Return the specific encoders' parameters, the learnt temperature's and the CLUB networks'."""
+        parameters = [*self.specific1.parameters(), *self.specific2.parameters()]
+        for module in (self.learned_temperature, self.club):
+            if module is not None:
+                parameters.extend(module.parameters())
+        return parameters
+
+    def temperature(self) -> float | torch.Tensor:
+        """Return step 2's InfoNCE temperature: its own learnt one or the fixed number."""
+        if self.learned_temperature is None:
+            return self.method.temperature
+        return self.learned_temperature()
 
     def frozen_prefixes(self) -> tuple[str, ...]:
         return ("shared.",)
@@ -306,12 +507,28 @@ class SpecificModel(PhaseModel):
         # frozen shared embedding, so the InfoNCE term rewards what X2 does not explain.
         h1 = F.normalize(torch.cat([s1, c2], dim=1), dim=1)
         h2 = F.normalize(torch.cat([s2, c1], dim=1), dim=1)
-        infonce1 = _gathered_infonce(h1[:batch], h1[batch:], self.method.temperature, parallel)
-        infonce2 = _gathered_infonce(h2[:batch], h2[batch:], self.method.temperature, parallel)
+        temperature = self.temperature()
+        infonce1 = _gathered_infonce(h1[:batch], h1[batch:], temperature, parallel)
+        infonce2 = _gathered_infonce(h2[:batch], h2[batch:], temperature, parallel)
 
-        overlap = _overlap_penalty(s1, c1, s2, c2, batch, parallel)
-        loss = infonce1 + infonce2 + self.method.step2.lam * overlap
-        return {"loss": loss, "infonce1": infonce1, "infonce2": infonce2, "overlap": overlap}
+        step2 = self.method.step2
+        terms: dict[str, torch.Tensor] = {}
+        if self.club is not None:
+            overlap, learning = _club_overlap(self.club, s1, c1, s2, c2, batch, parallel)
+            # The learning loss moves only q and the estimate only the encoders (see ClubEstimator),
+            # so one backward pass through their sum trains both.
+            loss = infonce1 + infonce2 + step2.lam * overlap + learning
+            terms["club_learning_loss"] = learning
+        else:
+            if step2.penalty == "hsic":
+                overlap = _hsic_overlap(s1, c1, s2, c2, batch, parallel, step2.hsic_sigma)
+            else:
+                overlap = _overlap_penalty(s1, c1, s2, c2, batch, parallel)
+            loss = infonce1 + infonce2 + step2.lam * overlap
+        terms = {"loss": loss, "infonce1": infonce1, "infonce2": infonce2, "overlap": overlap, **terms}
+        if isinstance(temperature, torch.Tensor):
+            terms["temperature"] = temperature.detach()
+        return terms
 
     @torch.no_grad()
     def diagnostics(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, float]:
@@ -320,13 +537,17 @@ class SpecificModel(PhaseModel):
         terms = self.loss_terms(x1, x2, generator=generator)
         batch = x1.shape[0]
         log_batch = float(torch.log(torch.tensor(float(batch))))
-        return {
+        diagnostics = {
             "infonce1": float(terms["infonce1"]),
             "infonce2": float(terms["infonce2"]),
             "overlap": float(terms["overlap"]),
             "mi/specific1_infonce_lower_bound": log_batch - float(terms["infonce1"]),
             "mi/specific2_infonce_lower_bound": log_batch - float(terms["infonce2"]),
         }
+        if "club_learning_loss" in terms:
+            # Held-out negative log-likelihood of q: how well CLUB's networks fit p(s | c).
+            diagnostics["club_learning_loss"] = float(terms["club_learning_loss"])
+        return diagnostics
 
 
 STEP1_TERMS = ("loss", "infonce", "cmi_penalty")
@@ -341,6 +562,31 @@ STEP2_DIAGNOSTICS = (
 )
 
 
+def _temperature_terms(method: MethodSpec) -> tuple[str, ...]:
+    return ("temperature",) if method.temperature_learnable else ()
+
+
+def step1_terms(method: MethodSpec) -> tuple[str, ...]:
+    """Return the step-1 training terms: :data:`STEP1_TERMS`, plus ``temperature`` when it is learnt."""
+    return STEP1_TERMS + _temperature_terms(method)
+
+
+def step2_terms(method: MethodSpec) -> tuple[str, ...]:
+    """Return the step-2 training terms for the method's settings.
+
+    :data:`STEP2_TERMS`, plus ``club_learning_loss`` with ``penalty: club`` and ``temperature``
+    when the temperature is learnt. ``overlap`` is the value of the configured penalty.
+    """
+    club = ("club_learning_loss",) if method.step2.penalty == "club" else ()
+    return STEP2_TERMS + club + _temperature_terms(method)
+
+
+def step2_diagnostics(method: MethodSpec) -> tuple[str, ...]:
+    """Return the step-2 held-out diagnostics: :data:`STEP2_DIAGNOSTICS`, plus CLUB's learning loss with club."""
+    club = ("club_learning_loss",) if method.step2.penalty == "club" else ()
+    return STEP2_DIAGNOSTICS + club
+
+
 def disentangled_ssl_phases(method: MethodSpec, x1_dim: int, x2_dim: int) -> list[Phase]:
     """Return step 1 and, when ``method.step2.enabled``, step 2 of DisentangledSSL.
 
@@ -352,7 +598,7 @@ def disentangled_ssl_phases(method: MethodSpec, x1_dim: int, x2_dim: int) -> lis
             epochs=method.step1.epochs,
             lr=method.step1.lr,
             build=lambda previous: SharedModel(x1_dim, x2_dim, method),
-            train_terms=STEP1_TERMS,
+            train_terms=step1_terms(method),
             diagnostics=STEP1_DIAGNOSTICS,
             representations=("shared1", "shared2"),
         )
@@ -364,8 +610,8 @@ def disentangled_ssl_phases(method: MethodSpec, x1_dim: int, x2_dim: int) -> lis
                 epochs=method.step2.epochs,
                 lr=method.step2.lr,
                 build=lambda previous: SpecificModel(_shared_of(previous), x1_dim, x2_dim, method),
-                train_terms=STEP2_TERMS,
-                diagnostics=STEP2_DIAGNOSTICS,
+                train_terms=step2_terms(method),
+                diagnostics=step2_diagnostics(method),
                 representations=("specific1", "specific2"),
             )
         )

@@ -257,7 +257,8 @@ def _build_reporter(spec: StudySpec) -> CLIReporter:
     if spec.method.step2.enabled:
         columns["step2/train/loss"] = "step2 loss"
     columns.update({metric: metric for metric in metrics})
-    parameters = {name: name for name in spec.search.space} | {"seed": "seed"}
+    searched = [*spec.search.space, *(path for block in spec.search.grids for path in block)]
+    parameters = {name: name for name in searched} | {"seed": "seed"}
     return CLIReporter(
         metric_columns=columns,
         parameter_columns=parameters,

@@ -73,6 +73,7 @@ __all__ = [
     "flatten_params",
     "load_study",
     "method_parameter_paths",
+    "method_value",
     "resolve_method",
     "validate_study",
 ]
@@ -491,12 +492,146 @@ class Step1Spec(_Spec):
 
 
 class Step2Spec(_Spec):
-    """Step 2: modality-specific encoders, shared encoders frozen, ``lambda`` weighs the overlap penalty."""
+    """Step 2: modality-specific encoders, shared encoders frozen, ``lambda`` weighs the overlap penalty.
+
+    ``penalty`` selects the estimator of the overlap between each specific code s_m and the
+    frozen shared code c_m of the same modality. ``orthogonality`` is the reference's Frobenius
+    norm of the cross-correlation. ``club`` is the CLUB upper bound on I(s_m; c_m), with a
+    variational network per modality trained alongside the encoders. ``hsic`` is the
+    Gaussian-kernel HSIC. ``club_hidden_dim`` belongs to ``club`` and ``hsic_sigma`` to ``hsic``,
+    and a setting given with another penalty is rejected.
+    """
+
+    # The settings that only one penalty uses, each mapped to that penalty.
+    penalty_settings: ClassVar[dict[str, str]] = {"club_hidden_dim": "club", "hsic_sigma": "hsic"}
+    default_club_hidden_dim: ClassVar[int] = 64
 
     enabled: bool = Field(True, description="False trains step 1 only.")
     lam: float = Field(1.0, alias="lambda", ge=0.0, description="Weight of the overlap penalty.")
-    penalty: Literal["orthogonality"] = "orthogonality"
+    penalty: Literal["orthogonality", "club", "hsic"] = Field(
+        "orthogonality", description="Overlap penalty between each specific code and its modality's shared code."
+    )
+    club_hidden_dim: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="Hidden width of CLUB's variational network, 64 when omitted. Only allowed with penalty: club.",
+    )
+    hsic_sigma: Annotated[float, Field(gt=0.0)] | None = Field(
+        None,
+        description=(
+            "Gaussian kernel bandwidth of HSIC on row-normalised codes; null uses the median "
+            "heuristic. Only allowed with penalty: hsic."
+        ),
+    )
     epochs: int = Field(30, ge=1)
+    lr: float = Field(1.0e-4, gt=0.0, description="Adam learning rate, cosine-annealed to 0.")
+    noise_std: float = Field(0.01, ge=0.0, description="Std of the additive-noise augmentation.")
+    drop_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of coordinates zeroed by the drop augmentation."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_club_hidden_dim(cls, data: Any) -> Any:
+        # Filled in here, not left to the model, so the resolved study file and the trial's
+        # parameters record the width.
+        if not isinstance(data, Mapping) or data.get("penalty") != "club":
+            return data
+        if data.get("club_hidden_dim") is None:
+            return {**data, "club_hidden_dim": cls.default_club_hidden_dim}
+        return data
+
+    @model_validator(mode="after")
+    def _check_penalty_settings(self) -> Step2Spec:
+        issues = []
+        for name, owner in self.penalty_settings.items():
+            value = getattr(self, name)
+            if value is not None and self.penalty != owner:
+                message = f"only allowed with penalty: {owner}, not with penalty: {self.penalty}"
+                issues.append(_Issue((name,), message, value))
+        if issues:
+            _raise_issues(issues)
+        return self
+
+
+class DmvaeSpec(_Spec):
+    """DMVAE baseline (``method.name: dmvae``): ``a`` weighs the KL terms against the reconstructions.
+
+    loss = recon + a * F * kl + cross_weight * (recon_cross + a * F * kl_cross). The
+    reconstructions are mean squared errors per coordinate, and kl and kl_cross are KL divergences
+    to N(0, I) per row. F is ``batch_size`` with ``kl_reduction: batch_sum``, because the reference
+    sums its KL terms over the batch, so its grid of ``a`` (0 and 1e-7 to 1e-2) applies unchanged.
+    F is 1 with ``row_mean``. See dssl.methods.dmvae and docs/method.md.
+    """
+
+    a: float = Field(1.0e-5, ge=0.0, description="Weight of the KL terms. The reference sweeps 0 and 1e-7 to 1e-2.")
+    kl_reduction: Literal["batch_sum", "row_mean"] = Field(
+        "batch_sum",
+        description="KL scale: the sum over the global batch (the reference's) or the mean per row.",
+    )
+    cross_weight: float = Field(
+        1.0, ge=0.0, description="Weight of the cross-reconstruction and its KL terms (1 in the reference)."
+    )
+    prior_expert: bool = Field(
+        False, description="Add the N(0, I) prior as a third expert to the shared product of experts."
+    )
+    num_hidden_layers: int = Field(
+        2,
+        ge=1,
+        description=(
+            "Hidden layers of every DMVAE encoder and decoder (2 in the reference); the "
+            "top-level num_hidden_layers is not used by DMVAE."
+        ),
+    )
+    epochs: int = Field(50, ge=1)
+    lr: float = Field(1.0e-4, gt=0.0, description="Adam learning rate, cosine-annealed to 0.")
+    augment: bool = Field(True, description="Train on one augmented view of each input, as the reference does.")
+    noise_std: float = Field(0.01, ge=0.0, description="Std of the additive-noise augmentation.")
+    drop_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of coordinates zeroed by the drop augmentation."
+    )
+
+
+class JointOptSpec(_Spec):
+    """JointOpt baseline (``method.name: joint_opt``): shared and specific encoders trained together.
+
+    loss = 2 * shared / (1 + a) + a * (specific1 + specific2) / (1 + a) + lambda * ortho, with no
+    beta term. The defaults are those of the reference script jointdisen_mp.py, which sweeps
+    ``a`` over 0.01 to 1000 and ``lambda`` over 0 and 1e-3 to 100. See dssl.methods.joint_opt.
+    """
+
+    a: float = Field(1.0, ge=0.0, description="Weight of the specific InfoNCE terms against the shared one.")
+    lam: float = Field(0.0, alias="lambda", ge=0.0, description="Weight of the orthogonality penalty.")
+    head: Literal["vmf", "deterministic"] = Field(
+        "vmf", description="Shared head: vMF samples (the reference) or z = e / ||e|| without sampling."
+    )
+    kappa: float = Field(1000.0, gt=0.0, description="vMF concentration of the shared head, fixed.")
+    num_hidden_layers: int = Field(
+        2, ge=1, description="Hidden layers of every JointOpt encoder; the top-level num_hidden_layers is not used."
+    )
+    epochs: int = Field(50, ge=1)
+    lr: float = Field(1.0e-4, gt=0.0, description="Adam learning rate, cosine-annealed to 0.")
+    noise_std: float = Field(0.01, ge=0.0, description="Std of the additive-noise augmentation.")
+    drop_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of coordinates zeroed by the drop augmentation."
+    )
+
+
+class FocalSpec(_Spec):
+    """FOCAL baseline (``method.name: focal``): deterministic shared and specific encoders.
+
+    loss = 2 * shared + a * (specific1 + specific2) + lambda * ortho, where shared is the CLIP loss
+    averaged over both augmented views and ortho sums six mean cosines (specific against own
+    shared, and specific 1 against specific 2, on both views). The defaults are the command-line
+    defaults ``--a 1`` and ``--lmd 0`` of the reference script focal_mp.py, which sweeps ``a`` over
+    0.01 to 1000 and ``lambda`` over 0 and 1e-3 to 100. See dssl.methods.focal.
+    """
+
+    a: float = Field(1.0, ge=0.0, description="Weight of the specific InfoNCE terms.")
+    lam: float = Field(0.0, alias="lambda", ge=0.0, description="Weight of the cosine penalty.")
+    num_hidden_layers: int = Field(
+        2, ge=1, description="Hidden layers of every FOCAL encoder; the top-level num_hidden_layers is not used."
+    )
+    epochs: int = Field(50, ge=1)
     lr: float = Field(1.0e-4, gt=0.0, description="Adam learning rate, cosine-annealed to 0.")
     noise_std: float = Field(0.01, ge=0.0, description="Std of the additive-noise augmentation.")
     drop_fraction: float = Field(
@@ -520,6 +655,16 @@ class MethodSpec(_Spec):
     # InfoNCE needs at least one negative per row, so a batch needs at least 2 rows.
     batch_size: int = Field(256, ge=2)
     temperature: float = Field(0.07, gt=0.0, description="InfoNCE temperature.")
+    temperature_learnable: bool = Field(
+        False,
+        description=(
+            "Learn the InfoNCE temperature: each phase owns a log-temperature parameter that starts "
+            "at temperature and is clamped to temperature_range."
+        ),
+    )
+    temperature_range: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] = Field(
+        (0.01, 1.0), description="[low, high] of a learnable temperature. Unused when the temperature is fixed."
+    )
     init_std: float = Field(0.01, gt=0.0, description="Std of the N(0, std^2) weight init.")
     precision: Literal["fp32", "bf16-mixed"] = Field(
         "fp32",
@@ -529,8 +674,29 @@ class MethodSpec(_Spec):
             "it is faster on GPUs and on CPUs with AVX512-BF16 or AMX, and slower on other CPUs."
         ),
     )
+
+    @model_validator(mode="after")
+    def _check_temperature_range(self) -> MethodSpec:
+        low, high = self.temperature_range
+        issues = []
+        if not low < high:
+            message = f"must be [low, high] with low < high, got low {low!r} and high {high!r}"
+            issues.append(_Issue(("temperature_range",), message, list(self.temperature_range)))
+        elif self.temperature_learnable and not low <= self.temperature <= high:
+            message = (
+                f"must lie in temperature_range [{low!r}, {high!r}] when temperature_learnable is true, "
+                "because the learnable temperature starts there"
+            )
+            issues.append(_Issue(("temperature",), message, self.temperature))
+        if issues:
+            _raise_issues(issues)
+        return self
+
     step1: Step1Spec = Step1Spec()
     step2: Step2Spec = Step2Spec()
+    joint_opt: JointOptSpec = JointOptSpec()
+    focal: FocalSpec = FocalSpec()
+    dmvae: DmvaeSpec = DmvaeSpec()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -555,6 +721,8 @@ def _method_leaves() -> dict[str, _Leaf]:
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 visit(annotation, prefix + (key,), attrs + (name,))
                 continue
+            if typing.get_origin(annotation) in (tuple, list):
+                continue  # A sequence such as temperature_range is set under method, not sampled.
             path = ".".join(prefix + (key,))
             leaves[path] = _Leaf(path, attrs + (name,), info)
 
@@ -608,8 +776,16 @@ def _leaf_adapter(path: str) -> TypeAdapter[Any]:
 
 
 def _leaf_kind(path: str) -> str:
-    """Classify a method field as ``float``, ``int``, ``bool`` or ``choice`` (Literal or str)."""
+    """Classify a method field as ``float``, ``int``, ``bool`` or ``choice`` (Literal or str).
+
+    An optional field (``int | None``) is classified by its non-null type.
+    """
     annotation = _method_leaves()[path].info.annotation
+    if typing.get_origin(annotation) in (Union, type(int | None)):
+        members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        annotation = members[0] if len(members) == 1 else annotation
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
     if typing.get_origin(annotation) is Literal or annotation is str:
         return "choice"
     if annotation is bool:
@@ -634,12 +810,33 @@ _Scalar = Annotated[Any, AfterValidator(_check_scalar)]
 _FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
-class LogUniformParameter(_Spec):
+# The ``when`` field of every search-space entry: dotted method paths mapped to a value or a list
+# of values. The entry is suggested only on trials where every named path has one of its values,
+# which is the value sampled earlier in the space, or the study's fixed method value when the
+# path is not sampled. After validation the keys are YAML paths and each value is a tuple
+# converted to the path's field type. Each entry declares it last, so YAML dumps list it last.
+_Conditions = Annotated[
+    dict[str, Any] | None,
+    Field(
+        description=(
+            "Suggest this entry only where each named method path has one of the given values, "
+            "e.g. {step2.penalty: club}."
+        )
+    ),
+]
+
+
+class _SpaceEntry(_Spec):
+    """Base of the search-space entries, each of which declares ``when`` (see :data:`_Conditions`)."""
+
+
+class LogUniformParameter(_SpaceEntry):
     """A float sampled log-uniformly from ``[low, high]``."""
 
     type: Literal["loguniform"]
     low: _FiniteFloat = Field(gt=0.0)
     high: _FiniteFloat
+    when: _Conditions = None
 
     @model_validator(mode="after")
     def _check_order(self) -> LogUniformParameter:
@@ -648,12 +845,13 @@ class LogUniformParameter(_Spec):
         return self
 
 
-class UniformParameter(_Spec):
+class UniformParameter(_SpaceEntry):
     """A float sampled uniformly from ``[low, high]``."""
 
     type: Literal["uniform"]
     low: _FiniteFloat
     high: _FiniteFloat
+    when: _Conditions = None
 
     @model_validator(mode="after")
     def _check_order(self) -> UniformParameter:
@@ -662,13 +860,14 @@ class UniformParameter(_Spec):
         return self
 
 
-class IntParameter(_Spec):
+class IntParameter(_SpaceEntry):
     """An integer sampled from ``[low, high]``, log-uniformly when ``log`` is true."""
 
     type: Literal["int"]
     low: int
     high: int
     log: bool = False
+    when: _Conditions = None
 
     @model_validator(mode="after")
     def _check_range(self) -> IntParameter:
@@ -682,18 +881,20 @@ class IntParameter(_Spec):
         return self
 
 
-class CategoricalParameter(_Spec):
+class CategoricalParameter(_SpaceEntry):
     """One of ``choices``, chosen by the sampler; a grid axis under ``algorithm: grid``."""
 
     type: Literal["categorical"]
     choices: tuple[_Scalar, ...] = Field(min_length=1)
+    when: _Conditions = None
 
 
-class GridParameter(_Spec):
+class GridParameter(_SpaceEntry):
     """A grid axis; allowed with ``algorithm: grid`` only."""
 
     type: Literal["grid"]
     values: tuple[_Scalar, ...] = Field(min_length=1)
+    when: _Conditions = None
 
 
 ParameterSpec = Annotated[
@@ -702,6 +903,7 @@ ParameterSpec = Annotated[
 ]
 _RANGE_PARAMETERS = (LogUniformParameter, UniformParameter, IntParameter)
 _AXIS_PARAMETERS = (CategoricalParameter, GridParameter)
+_AnyParameter = LogUniformParameter | UniformParameter | IntParameter | CategoricalParameter | GridParameter
 
 
 def _axis_values(parameter: CategoricalParameter | GridParameter) -> tuple[Any, ...]:
@@ -803,6 +1005,92 @@ def _validate_space_entry(path: str, entry: Any) -> tuple[Any, list[_Issue]]:
     return (None if issues else parameter), issues
 
 
+def _check_conditions(
+    path: str, parameter: _AnyParameter, order: list[str], checked: Mapping[str, Any]
+) -> tuple[_AnyParameter, list[_Issue]]:
+    """Check an entry's ``when`` and convert it to ``{YAML path: tuple of field-typed values}``.
+
+    Args:
+        path: The entry's YAML path.
+        parameter: The validated entry.
+        order: Every space path in file order. A condition path in the space must come first.
+        checked: The entries that passed their own checks, keyed by path.
+
+    Returns:
+        The entry with its conditions converted, and the issues located relative to the space.
+    """
+    if parameter.when is None:
+        return parameter, []
+    if not parameter.when:
+        return parameter, [_Issue((path, "when"), "must name at least one method path", {})]
+
+    converted: dict[str, tuple[Any, ...]] = {}
+    issues = []
+    for key, raw in parameter.when.items():
+        condition = canonical_method_path(str(key))
+        loc = (path, "when", str(key))
+        if condition is None:
+            issues.append(_Issue(loc, _unknown_path_message(str(key)), key))
+            continue
+        if condition == path:
+            issues.append(_Issue(loc, "an entry cannot depend on its own value", key))
+            continue
+        if condition in converted:
+            issues.append(_Issue(loc, f"given twice (as {condition!r} too)", key))
+            continue
+        values, value_issues = _condition_values(condition, raw, loc)
+        issues.extend(value_issues)
+        if condition in order and order.index(condition) > order.index(path):
+            message = (
+                f"search.space.{condition} is sampled after this entry; move it above "
+                f"search.space.{path} so that its value is known when this entry is suggested"
+            )
+            issues.append(_Issue(loc, message, key))
+        elif condition in checked and not isinstance(checked[condition], _AXIS_PARAMETERS):
+            message = (
+                f"search.space.{condition} is sampled from a range, which matches a listed value "
+                "almost never; condition on a categorical entry or on a fixed method value"
+            )
+            issues.append(_Issue(loc, message, key))
+        converted[condition] = values
+    if issues:
+        return parameter, issues
+    return parameter.model_copy(update={"when": converted}), []
+
+
+def _condition_values(
+    condition: str, raw: Any, loc: tuple[str | int, ...]
+) -> tuple[tuple[Any, ...], list[_Issue]]:
+    """Convert one condition's value, or list of values, to the field type of ``condition``."""
+    values = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+    if not values:
+        return (), [_Issue(loc, f"must be a value of method.{condition} or a non-empty list of them", raw)]
+    converted = []
+    issues = []
+    for index, value in enumerate(values):
+        item_loc = loc + (index,) if isinstance(raw, (list, tuple)) else loc
+        if not isinstance(value, (str, bool, int, float)):
+            issues.append(_Issue(item_loc, "must be a string, number or boolean", value))
+            continue
+        try:
+            converted.append(_leaf_adapter(condition).validate_python(value))
+        except ValidationError as exc:
+            message = f"not valid for method.{condition}: {_field_error_message(exc)}"
+            issues.append(_Issue(item_loc, message, value))
+    return tuple(dict.fromkeys(converted)), issues
+
+
+def _plain_conditions(when: Mapping[str, Any]) -> dict[str, Any]:
+    """Render conditions as written in YAML: one value, or a list of several."""
+    plain: dict[str, Any] = {}
+    for key, values in when.items():
+        if isinstance(values, tuple):
+            plain[key] = values[0] if len(values) == 1 else list(values)
+        else:
+            plain[key] = values
+    return plain
+
+
 # --------------------------------------------------------------------------------------------
 # Search
 # --------------------------------------------------------------------------------------------
@@ -837,6 +1125,13 @@ class SearchSpec(_Spec):
     scheduler: Literal["none", "asha"] = "none"
     asha: AshaSpec = AshaSpec()
     space: dict[str, ParameterSpec] = Field(default_factory=dict)
+    grids: tuple[dict[str, ParameterSpec], ...] = Field(
+        (),
+        description=(
+            "A union of grids for algorithm grid: each block is a grid of its own axes, and the "
+            "study visits the points of every block, so each method can have its own grid."
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -888,21 +1183,29 @@ class SearchSpec(_Spec):
     @field_validator("space", mode="wrap")
     @classmethod
     def _validate_space(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        # Entries are validated one at a time so that every bad entry is reported at once.
         if not isinstance(value, Mapping):
             return handler(value)
-
-        entries, issues = _canonical_space_entries(value)
-        checked: dict[str, Any] = {}
-        for path, entry in entries.items():
-            parameter, entry_issues = _validate_space_entry(path, entry)
-            issues.extend(_Issue((path,) + issue.loc, issue.message, issue.value) for issue in entry_issues)
-            if parameter is not None:
-                checked[path] = parameter
-
+        checked, issues = _checked_space(value)
         if issues:
             _raise_issues(issues)
         return handler(checked)
+
+    @field_validator("grids", mode="wrap")
+    @classmethod
+    def _validate_grids(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if not isinstance(value, (list, tuple)):
+            return handler(value)
+        blocks, issues = [], []
+        for index, block in enumerate(value):
+            if not isinstance(block, Mapping) or not block:
+                issues.append(_Issue((index,), "must be a non-empty mapping of grid axes", block))
+                continue
+            checked, block_issues = _checked_space(block)
+            issues.extend(_Issue((index,) + issue.loc, issue.message, issue.value) for issue in block_issues)
+            blocks.append(checked)
+        if issues:
+            _raise_issues(issues)
+        return handler(blocks)
 
     @model_validator(mode="after")
     def _check_search(self) -> SearchSpec:
@@ -917,7 +1220,7 @@ class SearchSpec(_Spec):
 
         if self.scheduler == "none" and "asha" in self.model_fields_set:
             logger.warning("search.asha is ignored because search.scheduler is 'none'")
-        if self.algorithm != "grid" and not self.space and (self.num_trials or 0) > 1:
+        if self.algorithm != "grid" and not self.space and not self.grids and (self.num_trials or 0) > 1:
             logger.warning(
                 "search.space is empty, so all %d trials train the same setting with the same seed",
                 self.num_trials,
@@ -934,7 +1237,27 @@ class SearchSpec(_Spec):
         """The modes as a list aligned with :attr:`metrics`."""
         return [self.mode] if isinstance(self.mode, str) else list(self.mode)
 
+    def _grid_union_issues(self) -> list[_Issue]:
+        issues = []
+        if self.algorithm != "grid":
+            message = f"is allowed only with search.algorithm: grid (algorithm is {self.algorithm!r})"
+            issues.append(_Issue(("grids",), message, f"{len(self.grids)} blocks"))
+        if self.space:
+            message = "must be empty when search.grids is given; put every axis into the grids blocks"
+            issues.append(_Issue(("space",), message, sorted(self.space)))
+        for index, block in enumerate(self.grids):
+            for path, parameter in block.items():
+                if not isinstance(parameter, _AXIS_PARAMETERS):
+                    message = "must be grid or categorical: a grids block holds grid axes only"
+                    issues.append(_Issue(("grids", index, path, "type"), message, parameter.type))
+                elif parameter.when is not None:
+                    message = "is not allowed in a grids block; a block already applies to its own points only"
+                    issues.append(_Issue(("grids", index, path, "when"), message, _plain_conditions(parameter.when)))
+        return issues
+
     def _space_issues(self) -> list[_Issue]:
+        if self.grids:
+            return self._grid_union_issues()
         issues = []
         for path, parameter in self.space.items():
             if self.algorithm == "grid" and not isinstance(parameter, _AXIS_PARAMETERS):
@@ -946,6 +1269,13 @@ class SearchSpec(_Spec):
                     f"{self.algorithm!r}); use categorical to let the sampler choose"
                 )
                 issues.append(_Issue(("space", path, "type"), message, parameter.type))
+            if self.algorithm == "grid" and parameter.when is not None:
+                message = (
+                    "is not allowed with search.algorithm: grid, because the grid sampler sets every "
+                    "axis on every trial and cannot leave one out; use algorithm tpe or random, or "
+                    "one grid study per condition"
+                )
+                issues.append(_Issue(("space", path, "when"), message, _plain_conditions(parameter.when)))
         return issues
 
     def _seed_issues(self) -> list[_Issue]:
@@ -992,7 +1322,8 @@ class SearchSpec(_Spec):
                 return [_Issue(("num_trials",), message)]
             return []
 
-        if not all(isinstance(parameter, _AXIS_PARAMETERS) for parameter in self.space.values()):
+        axes = [parameter for block in (self.space, *self.grids) for parameter in block.values()]
+        if not all(isinstance(parameter, _AXIS_PARAMETERS) for parameter in axes):
             return []  # _space_issues reports the entries that are not grid axes.
         points = _grid_point_count(self)
         expected = points * len(self.seeds)
@@ -1010,8 +1341,142 @@ class SearchSpec(_Spec):
 
 
 def _grid_point_count(search: SearchSpec) -> int:
-    """Count the grid points (product of the axis lengths), seeds excluded."""
+    """Count the grid points (product of the axis lengths, or their sum over ``grids``), seeds excluded."""
+    if search.grids:
+        return sum(math.prod(len(_axis_values(parameter)) for parameter in block.values()) for block in search.grids)
     return math.prod(len(_axis_values(parameter)) for parameter in search.space.values())
+
+
+def _checked_space(value: Mapping[str, Any]) -> tuple[dict[str, Any], list[_Issue]]:
+    """Validate the entries of a search space one at a time, so every bad entry is reported at once."""
+    entries, issues = _canonical_space_entries(value)
+    checked: dict[str, Any] = {}
+    for path, entry in entries.items():
+        parameter, entry_issues = _validate_space_entry(path, entry)
+        issues.extend(_Issue((path,) + issue.loc, issue.message, issue.value) for issue in entry_issues)
+        if parameter is not None:
+            checked[path] = parameter
+    order = list(entries)
+    for path, parameter in list(checked.items()):
+        checked[path], condition_issues = _check_conditions(path, parameter, order, checked)
+        issues.extend(condition_issues)
+    return checked, issues
+
+
+def method_value(method: MethodSpec, path: str) -> Any:
+    """Return the value of a method field given by its dotted path.
+
+    Args:
+        method: Method settings.
+        path: A dotted path with YAML or Python names, e.g. ``"step2.penalty"``.
+
+    Returns:
+        The field's value.
+
+    Raises:
+        ValueError: If ``path`` is not a method parameter.
+    """
+    canonical = canonical_method_path(path)
+    if canonical is None:
+        raise ValueError(f"unknown method path {path!r}: {_unknown_path_message(path)}")
+    value: Any = method
+    for attr in _method_leaves()[canonical].attrs:
+        value = getattr(value, attr)
+    return value
+
+
+def _possible_values(path: str, method: MethodSpec, space: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """Return the values ``path`` can take on a trial, or None when a range entry samples it.
+
+    A conditional entry leaves the fixed method value on the trials where it is not suggested.
+    """
+    fixed = method_value(method, path)
+    parameter = space.get(path)
+    if parameter is None:
+        return (fixed,)
+    if not isinstance(parameter, _AXIS_PARAMETERS):
+        return None
+    values = _axis_values(parameter)
+    return values if parameter.when is None else (*values, fixed)
+
+
+def _values_text(values: tuple[Any, ...]) -> str:
+    return ", ".join(repr(value) for value in dict.fromkeys(values))
+
+
+def _conditional_space_issues(method: MethodSpec, space: Mapping[str, Any]) -> list[_Issue]:
+    """Check the conditions and the penalty and temperature settings of a space against ``method``.
+
+    Returns:
+        Issues located relative to the study: conditions that no trial meets, settings of one
+        step-2 penalty that would be suggested on trials of another, and learnable-temperature
+        trials whose temperature would leave ``method.temperature_range``.
+    """
+    issues = []
+    for path, parameter in space.items():
+        for condition, allowed in (parameter.when or {}).items():
+            possible = _possible_values(condition, method, space)
+            if possible is None or set(possible) & set(allowed):
+                continue
+            message = (
+                f"never holds: method.{condition} can only be {_values_text(possible)} (sampled in "
+                "the space or fixed under method), so this entry would never be suggested"
+            )
+            issues.append(_Issue(("search", "space", path, "when", condition), message, list(allowed)))
+    return issues + _penalty_setting_issues(method, space) + _learnable_temperature_issues(method, space)
+
+
+def _values_where_suggested(
+    path: str, parameter: Any, method: MethodSpec, space: Mapping[str, Any]
+) -> tuple[Any, ...]:
+    """Return the values of ``path`` on the trials where ``parameter`` is suggested."""
+    values = _possible_values(path, method, space) or ()
+    allowed = (parameter.when or {}).get(path)
+    return values if allowed is None else tuple(value for value in values if value in allowed)
+
+
+def _penalty_setting_issues(method: MethodSpec, space: Mapping[str, Any]) -> list[_Issue]:
+    issues = []
+    for name, owner in Step2Spec.penalty_settings.items():
+        path = f"step2.{name}"
+        if path not in space:
+            continue
+        penalties = _values_where_suggested("step2.penalty", space[path], method, space)
+        others = tuple(penalty for penalty in penalties if penalty != owner)
+        if others:
+            message = (
+                f"method.{path} is used only with step2.penalty {owner!r}, but this entry would also "
+                f"be suggested with step2.penalty {_values_text(others)}; add when: {{step2.penalty: {owner}}}"
+            )
+            issues.append(_Issue(("search", "space", path), message))
+    return issues
+
+
+def _learnable_temperature_issues(method: MethodSpec, space: Mapping[str, Any]) -> list[_Issue]:
+    low, high = method.temperature_range
+    parameter = space.get("temperature")
+    if parameter is None:
+        if "temperature_learnable" in space and not low <= method.temperature <= high:
+            message = (
+                f"can be true while method.temperature ({method.temperature!r}) lies outside "
+                f"method.temperature_range [{low!r}, {high!r}], where a learnable temperature starts"
+            )
+            return [_Issue(("search", "space", "temperature_learnable"), message, "categorical")]
+        return []
+    if True not in _values_where_suggested("temperature_learnable", parameter, method, space):
+        return []
+    if isinstance(parameter, _AXIS_PARAMETERS):
+        values = _axis_values(parameter)
+    else:
+        values = (parameter.low, parameter.high)
+    outside = [value for value in values if not low <= value <= high]
+    if not outside:
+        return []
+    message = (
+        f"must stay in method.temperature_range [{low!r}, {high!r}] because temperature_learnable "
+        "can be true on these trials and the learnable temperature starts at this value"
+    )
+    return [_Issue(("search", "space", "temperature"), message, outside)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1037,6 +1502,50 @@ class EvalSpec(_Spec):
         4096, ge=1, description="Held-out rows used for the per-epoch MI diagnostics."
     )
     checkpoint_every_epoch: bool = True
+    mi_every_n_epochs: int | None = Field(
+        3,
+        description=(
+            "Fit the MI estimators of I(Zs_m; Zc_m) and regress the true latents after every epoch "
+            "whose number is a multiple of this, and after the last epoch of each step; null turns "
+            "these per-epoch diagnostics off."
+        ),
+    )
+    mi_train_samples: int = Field(
+        2000, description="Training rows the per-epoch MI estimators are fitted on (at least 16)."
+    )
+    mi_eval_samples: int = Field(
+        1024,
+        description="Held-out rows (the first of the test split) of the per-epoch MI estimates and R² (at least 16).",
+    )
+    mi_estimator_steps: int = Field(300, description="Adam steps of each per-epoch MI estimator (at least 1).")
+
+    @field_validator("mi_every_n_epochs", mode="after")
+    @classmethod
+    def _check_mi_every_n_epochs(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise PydanticCustomError(
+                "mi_every_n_epochs", "must be an integer >= 1, or null to turn the per-epoch MI and R² diagnostics off"
+            )
+        return value
+
+    @field_validator("mi_train_samples", "mi_eval_samples", mode="after")
+    @classmethod
+    def _check_mi_rows(cls, value: int) -> int:
+        # Equals dssl.eval.mi_diagnostics.MIN_DIAGNOSTIC_ROWS; tests/test_mi_diagnostics.py checks it.
+        if value < 16:
+            raise PydanticCustomError(
+                "mi_rows",
+                "must be >= 16, because the MI estimators and the 80/20 split of the R² regression "
+                "need at least 16 rows",
+            )
+        return value
+
+    @field_validator("mi_estimator_steps", mode="after")
+    @classmethod
+    def _check_mi_estimator_steps(cls, value: int) -> int:
+        if value < 1:
+            raise PydanticCustomError("mi_estimator_steps", "must be >= 1 optimiser step")
+        return value
 
 
 class TrackingSpec(_Spec):
@@ -1103,6 +1612,15 @@ class StudySpec(_Spec):
             for path in self.search.space
             if path.startswith("step2.")
         ]
+        if issues:
+            _raise_issues(issues)
+        return self
+
+    @model_validator(mode="after")
+    def _check_conditional_space(self) -> StudySpec:
+        # Conditions and penalty settings are checked against the fixed method values here,
+        # because the search section alone does not know them.
+        issues = _conditional_space_issues(self.method, self.search.space)
         if issues:
             _raise_issues(issues)
         return self

@@ -4,10 +4,16 @@ Every space entry is suggested under its dotted method path (``step1.beta``, ``s
 and the training seed under ``"seed"``. Ray Tune's ``OptunaSearch`` accepts the returned
 define-by-run callable as its ``space``. A trial's config is then a flat mapping with those keys,
 and :func:`seed_of` and :func:`method_overrides` split it again.
+
+An entry with ``when: {path: values}`` is suggested only on trials where each named path has
+one of the values. A path's value is the one suggested earlier on the same trial, else the
+study's fixed method value. Optuna's define-by-run API records only what a trial suggests, so a trial's config, its
+Optuna parameters and the sampler's model contain the conditional entry only where it applies.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -20,10 +26,13 @@ from dssl.study.schema import (
     GridParameter,
     IntParameter,
     LogUniformParameter,
+    MethodSpec,
     SearchSpec,
+    Step2Spec,
     StudySpec,
     UniformParameter,
     canonical_method_path,
+    method_value,
 )
 
 logger = logging.getLogger(__name__)
@@ -39,6 +48,9 @@ __all__ = [
 
 SEED_PARAM = "seed"
 """Name under which the training seed is suggested and stored in a trial's config."""
+
+GRID_POINT_PARAM = "grid_point"
+"""Name under which a grid union's point index is suggested and stored in a trial's config."""
 
 _Parameter = LogUniformParameter | UniformParameter | IntParameter | CategoricalParameter | GridParameter
 
@@ -64,19 +76,36 @@ def _suggest(trial: optuna.trial.Trial, path: str, parameter: _Parameter) -> Any
     return trial.suggest_categorical(path, list(parameter.values))
 
 
+def _conditions_hold(when: Mapping[str, tuple[Any, ...]] | None, values: Mapping[str, Any]) -> bool:
+    """Return whether every condition of an entry holds for the trial's values so far."""
+    return when is None or all(values.get(path) in allowed for path, allowed in when.items())
+
+
 class _DefineByRun:
     """Optuna define-by-run function for one study's search space.
 
     A class instance rather than a closure so that it pickles: Ray Tune pickles ``OptunaSearch``,
     including this callable, when it saves the searcher state.
+
+    Args:
+        space: The validated entries in file order (a condition's path comes before its entry).
+        seeds: The training seeds.
+        fixed: The method values of the paths that entries' conditions name, used on trials where
+            the space does not suggest that path.
     """
 
-    def __init__(self, space: Mapping[str, _Parameter], seeds: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        space: Mapping[str, _Parameter],
+        seeds: tuple[int, ...],
+        fixed: Mapping[str, Any] | None = None,
+    ) -> None:
         self._space = dict(space)
         self._seeds = list(seeds)
+        self._fixed = dict(fixed or {})
 
     def __call__(self, trial: optuna.trial.Trial) -> None:
-        """Suggest every space entry and the seed on ``trial``.
+        """Suggest every space entry whose conditions hold, then the seed, on ``trial``.
 
         Args:
             trial: An Optuna trial, or Ray Tune's wrapper around one.
@@ -84,8 +113,10 @@ class _DefineByRun:
         Returns:
             None, so the trial's config contains exactly the suggested values.
         """
+        values = dict(self._fixed)
         for path, parameter in self._space.items():
-            _suggest(trial, path, parameter)
+            if _conditions_hold(parameter.when, values):
+                values[path] = _suggest(trial, path, parameter)
         trial.suggest_categorical(SEED_PARAM, self._seeds)
         return None
 
@@ -95,16 +126,79 @@ def make_define_by_run(spec: StudySpec) -> Callable[[optuna.trial.Trial], dict[s
 
     loguniform entries use ``suggest_float(log=True)``, uniform ``suggest_float``, int
     ``suggest_int(log=...)``, categorical and grid ``suggest_categorical``; ``"seed"`` is a
-    categorical over ``search.seeds``.
+    categorical over ``search.seeds``. An entry with ``when`` is suggested only on trials where its
+    conditions hold (see the module docstring).
 
     Args:
-        spec: A validated study.
+        spec: A validated study. A bare search section is accepted too; its conditions on paths
+            that the space does not sample then see the default method values.
 
     Returns:
         A picklable callable that takes an Optuna trial and returns None.
+
+    Example:
+        >>> from dssl.study.schema import validate_study
+        >>> spec = validate_study({"name": "c", "search": {"metric": "probe/shared/y_c", "num_trials": 4,
+        ...     "space": {"step2.penalty": {"type": "categorical", "choices": ["orthogonality", "club"]},
+        ...               "step2.club_hidden_dim": {"type": "int", "low": 16, "high": 256,
+        ...                                         "when": {"step2.penalty": "club"}}}}})
+        >>> study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        >>> trial = study.ask()
+        >>> make_define_by_run(spec)(trial)
+        >>> ("step2.club_hidden_dim" in trial.params) == (trial.params["step2.penalty"] == "club")
+        True
     """
     search = _search_of(spec)
-    return _DefineByRun(search.space, search.seeds)
+    if search.grids:
+        return _GridUnionDefineByRun(grid_union_points(search), search.seeds)
+    method = spec.method if isinstance(spec, StudySpec) else MethodSpec()
+    conditions = {path for parameter in search.space.values() for path in (parameter.when or {})}
+    fixed = {path: method_value(method, path) for path in sorted(conditions)}
+    return _DefineByRun(search.space, search.seeds, fixed)
+
+
+def grid_union_points(search: SearchSpec) -> list[dict[str, Any]]:
+    """Return every point of ``search.grids``, block after block, as ``{path: value}`` dicts.
+
+    Example:
+        >>> from dssl.study.schema import validate_study
+        >>> spec = validate_study({"name": "u", "search": {"algorithm": "grid", "metric": "probe/shared/y_c",
+        ...     "grids": [{"name": {"type": "grid", "values": ["clip"]}},
+        ...               {"step2.lambda": {"type": "grid", "values": [0.0, 1.0]}}]}})
+        >>> grid_union_points(spec.search)
+        [{'name': 'clip'}, {'step2.lambda': 0.0}, {'step2.lambda': 1.0}]
+    """
+    points: list[dict[str, Any]] = []
+    for block in search.grids:
+        paths = list(block)
+        axes = [_axis_values(block[path]) for path in paths]
+        points.extend(dict(zip(paths, values, strict=True)) for values in itertools.product(*axes))
+    return points
+
+
+class _GridUnionDefineByRun:
+    """Define-by-run function of a grid union: one categorical over point indices, then the seed.
+
+    The sampler's grid contains ``GRID_POINT_PARAM`` and the seed. The point's settings come back as
+    constants, which Ray Tune's ``OptunaSearch`` (2.60) merges into the trial's config.
+    """
+
+    def __init__(self, points: list[dict[str, Any]], seeds: tuple[int, ...]) -> None:
+        self._points = points
+        self._seeds = list(seeds)
+
+    def __call__(self, trial: optuna.trial.Trial) -> dict[str, Any]:
+        index = trial.suggest_categorical(GRID_POINT_PARAM, list(range(len(self._points))))
+        trial.suggest_categorical(SEED_PARAM, self._seeds)
+        return dict(self._points[index])
+
+
+def _axis_values(parameter: _Parameter) -> list[Any]:
+    if isinstance(parameter, CategoricalParameter):
+        return list(parameter.choices)
+    if isinstance(parameter, GridParameter):
+        return list(parameter.values)
+    raise ValueError(f"a {parameter.type!r} entry is not a grid axis")
 
 
 def grid_size(spec: StudySpec | SearchSpec) -> int:
@@ -123,6 +217,8 @@ def grid_size(spec: StudySpec | SearchSpec) -> int:
     if search.algorithm != "grid":
         raise ValueError(f"grid_size needs search.algorithm 'grid', got {search.algorithm!r}")
 
+    if search.grids:
+        return len(grid_union_points(search)) * len(search.seeds)
     points = 1
     for path, parameter in search.space.items():
         if isinstance(parameter, CategoricalParameter):
@@ -135,6 +231,9 @@ def grid_size(spec: StudySpec | SearchSpec) -> int:
 
 
 def _grid_search_space(search: SearchSpec) -> dict[str, list[Any]]:
+    if search.grids:
+        points = len(grid_union_points(search))
+        return {GRID_POINT_PARAM: list(range(points)), SEED_PARAM: list(search.seeds)}
     space: dict[str, list[Any]] = {}
     for path, parameter in search.space.items():
         if isinstance(parameter, CategoricalParameter):
@@ -226,6 +325,11 @@ def method_overrides(config: Mapping[str, Any]) -> dict[str, Any]:
     Nested mappings are flattened with ``.`` first. Keys that are neither the seed nor a method
     parameter (constants that a runner adds to the config, for example) are left out.
 
+    When the config sets ``step2.penalty``, the settings that only another penalty uses
+    (``step2.club_hidden_dim``, ``step2.hsic_sigma``) are set to None unless the config sets them
+    too. A study whose method fixes ``penalty: club`` can then sample ``hsic`` on some trials
+    without carrying CLUB's width into them.
+
     Args:
         config: The trial's config, as produced by :func:`make_define_by_run`.
 
@@ -234,11 +338,15 @@ def method_overrides(config: Mapping[str, Any]) -> dict[str, Any]:
     """
     overrides: dict[str, Any] = {}
     for key, value in _flatten_config(config).items():
-        if key == SEED_PARAM:
+        if key in (SEED_PARAM, GRID_POINT_PARAM):
             continue
         path = canonical_method_path(key)
         if path is None:
             logger.debug("trial config key %r is not a method parameter; left out", key)
             continue
         overrides[path] = value
+    if "step2.penalty" in overrides:
+        for name, owner in Step2Spec.penalty_settings.items():
+            if owner != overrides["step2.penalty"]:
+                overrides.setdefault(f"step2.{name}", None)
     return overrides

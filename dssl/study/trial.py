@@ -26,6 +26,7 @@ from ray import tune
 
 from dssl.data.dataset import PairedDataset
 from dssl.eval.evaluate import evaluate_trial
+from dssl.eval.mi_diagnostics import MIDiagnosticsSettings
 from dssl.study.schema import MethodSpec, StudySpec, flatten_params, resolve_method
 from dssl.study.space import method_overrides, seed_of
 from dssl.study.step1_cache import obtain_step1, publish_step1, reuses_step1, step1_key
@@ -221,8 +222,29 @@ def _train_in_process(
         diagnostics_samples=context.spec.eval.diagnostics_samples,
         resume_from=resume_from,
         pretrained=step1.pretrained,
+        mi_diagnostics=_mi_diagnostics_settings(context.spec, tune.get_context().get_trial_id()),
     )
     return models, last_metrics
+
+
+def _mi_diagnostics_settings(spec: StudySpec, trial_id: str) -> MIDiagnosticsSettings:
+    """Return the per-epoch MI and R² settings of ``spec.eval``.
+
+    The per-epoch ``r2/`` values at the last epoch share their step with the final evaluation's,
+    which run_trial logs afterwards, so MLflow keeps the final value as the latest (it orders
+    values of one step by timestamp).
+
+    Multi-worker trials pass them to ``dssl.train.worker.train_worker`` as a dict; rank 0
+    computes the diagnostics there.
+    """
+    evaluation = spec.eval
+    return MIDiagnosticsSettings(
+        every_n_epochs=evaluation.mi_every_n_epochs,
+        train_samples=evaluation.mi_train_samples,
+        eval_samples=evaluation.mi_eval_samples,
+        estimator_steps=evaluation.mi_estimator_steps,
+        trial=trial_id,
+    )
 
 
 def _train_with_trainer(
@@ -253,6 +275,7 @@ def _train_with_trainer(
             "method": method.model_dump(),
             "seed": seed,
             "pretrained_ref": None if step1.pretrained is None else ray.put(step1.pretrained),
+            "mi_diagnostics": dataclasses.asdict(_mi_diagnostics_settings(context.spec, trial_id)),
             "diagnostics_samples": context.spec.eval.diagnostics_samples,
             "threads": max(1, int(resources.cpus_per_worker)),
         },

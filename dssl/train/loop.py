@@ -22,6 +22,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from dssl.eval.mi_diagnostics import (
+    DiagnosticRows,
+    MIDiagnosticsSettings,
+    epoch_mi_diagnostics,
+    select_diagnostic_rows,
+)
 from dssl.methods.base import Phase, PhaseModel
 from dssl.methods.registry import build_phases, describe_phases
 from dssl.train.distributed import DataParallelContext
@@ -184,6 +190,7 @@ def train_trial(
     shard_indices: np.ndarray | None = None,
     resume_from: TrainingState | None = None,
     pretrained: dict[str, dict[str, Any]] | None = None,
+    mi_diagnostics: MIDiagnosticsSettings | None = None,
 ) -> TrainedModels:
     """Train every phase of the trial's method on one data-parallel worker.
 
@@ -201,6 +208,8 @@ def train_trial(
         pretrained: Checkpoint states of leading phases trained before, keyed by phase name
             (for example ``{"step1": ...}``). Those phases are loaded instead of trained, and
             their epochs produce no metrics.
+        mi_diagnostics: When and on which rows rank 0 fits the MI estimators and regresses the
+            true latents after an epoch (:mod:`dssl.eval.mi_diagnostics`); ``None`` skips them.
 
     Returns:
         The trained model of every phase.
@@ -236,6 +245,7 @@ def train_trial(
     pretrained = dict(pretrained or {})
     _check_pretrained(phases, pretrained)
     first_epoch = 1 if resume_from is None else resume_from.epoch + 1
+    mi_rows = _mi_diagnostic_rows(dataset, x1, x2, mi_diagnostics, seed, parallel)
     models: dict[str, PhaseModel] = {}
     offset = 0
 
@@ -282,6 +292,9 @@ def train_trial(
             if parallel.is_main and x1_held_out.shape[0] > 0:
                 diagnostics = _held_out_diagnostics(model, x1_held_out, x2_held_out, diagnostics_batch)
                 metrics.update({phase.metric_key(name): value for name, value in diagnostics.items()})
+            if mi_rows is not None and mi_diagnostics is not None and mi_diagnostics.selects(epoch, offset):
+                trained_so_far = [*models.values(), model]
+                metrics.update(epoch_mi_diagnostics(trained_so_far, mi_rows, mi_diagnostics, seed=seed, epoch=epoch))
 
             if on_epoch_end is not None:
                 states = {name: trained.checkpoint_state() for name, trained in models.items()}
@@ -297,6 +310,20 @@ def train_trial(
         models[phase.name] = model
 
     return TrainedModels(phases=models)
+
+
+def _mi_diagnostic_rows(
+    dataset: PairedDataset,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    settings: MIDiagnosticsSettings | None,
+    seed: int,
+    parallel: DataParallelContext,
+) -> DiagnosticRows | None:
+    """Pick the rows of the per-epoch MI and R² diagnostics, on rank 0 and only when they are on."""
+    if settings is None or not settings.enabled or not parallel.is_main:
+        return None
+    return select_diagnostic_rows(dataset, x1, x2, settings, seed)
 
 
 def _check_pretrained(phases: list[Phase], pretrained: dict[str, dict[str, Any]]) -> None:

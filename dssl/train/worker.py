@@ -16,6 +16,7 @@ import ray.train
 import torch
 from ray.train.torch import get_device
 
+from dssl.eval.mi_diagnostics import MIDiagnosticsSettings
 from dssl.study.schema import MethodSpec
 from dssl.train.checkpoint import load_state, save_state
 from dssl.train.distributed import DataParallelContext
@@ -29,7 +30,8 @@ def train_worker(config: dict[str, Any]) -> None:
 
     ``config`` keys: ``dataset_ref`` (an ObjectRef of a PairedDataset), ``method`` (a dict of
     :class:`MethodSpec`), ``seed``, ``diagnostics_samples``, ``threads`` and ``pretrained_ref``
-    (an ObjectRef of step-1 states to load instead of training step 1, or None).
+    (an ObjectRef of step-1 states to load instead of training step 1, or None) and
+    ``mi_diagnostics`` (the fields of :class:`MIDiagnosticsSettings`, or None).
     """
     context = ray.train.get_context()
     parallel = DataParallelContext(rank=context.get_world_rank(), world_size=context.get_world_size())
@@ -67,4 +69,5 @@ def train_worker(config: dict[str, Any]) -> None:
         shard_indices=shard,
         resume_from=resume_from,
         pretrained=None if config.get("pretrained_ref") is None else ray.get(config["pretrained_ref"]),
+        mi_diagnostics=None if config.get("mi_diagnostics") is None else MIDiagnosticsSettings(**config["mi_diagnostics"]),
     )
