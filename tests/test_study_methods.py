@@ -94,3 +94,56 @@ def test_grid_union_visits_each_point(local_ray: None, tmp_path: Path) -> None:
         ("focal", "1.0", "0.5", "0"),
         ("focal", "1.0", "0.5", "1"),
     ]
+
+
+def _report_study(tmp_path: Path) -> Path:
+    document = yaml.safe_load((REPO_ROOT / "studies" / "smoke-methods.yaml").read_text())
+    document["name"] = "report-smoke"
+    document["search"].pop("space")
+    document["search"]["metric"] = ["probe/specific1/y_1", "probe/specific1/y_c"]
+    document["search"]["mode"] = ["max", "min"]
+    document["search"]["grids"] = [
+        {
+            "name": {"type": "grid", "values": ["disentangled_ssl"]},
+            "step1.beta": {"type": "grid", "values": [0.01, 10.0]},
+            "step2.lambda": {"type": "grid", "values": [0.0, 5.0]},
+        },
+        {"name": {"type": "grid", "values": ["focal"]}},
+    ]
+    path = tmp_path / "report-smoke.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_smoke_study_report_matches_runs(local_ray: None, tmp_path: Path) -> None:
+    from dssl.study import report
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    outcome = run_study(_report_study(tmp_path), tracking_uri=uri, storage_path=tmp_path / "results")
+    assert outcome.errors == 0
+    folders = list((tmp_path / "results").glob("report-smoke-*/report"))
+    assert len(folders) == 1
+    written = {path.name for path in folders[0].iterdir()}
+    assert written == {
+        "results.csv",
+        "results.md",
+        "figure4a.png",
+        "figure4b.png",
+        "information_plane.png",
+        "pareto_front.png",
+    }
+
+    # The plotted Figure 4a means are the logged probe accuracies of the DisentangledSSL runs.
+    runs = _children(uri, "report-smoke", outcome.parent_run_id)
+    result = report.build_report("report-smoke", uri, tmp_path / "again", parent_run_id=outcome.parent_run_id)
+    figure = report._figure_4a(list(result.rows))
+    plotted = {c.get_label(): c.lines[0].get_xydata().tolist() for c in figure.axes[0].containers}
+    for beta, mean in plotted["Yc (shared label)"]:
+        logged = [
+            run.data.metrics["probe/shared/y_c"]
+            for run in runs
+            if run.data.params["name"] == "disentangled_ssl" and float(run.data.params["step1.beta"]) == beta
+        ]
+        assert len(logged) == 2
+        assert mean == pytest.approx(sum(logged) / len(logged))
+    assert [beta for beta, _ in plotted["Yc (shared label)"]] == [0.01, 10.0]

@@ -681,6 +681,15 @@ def _method_name(row: TrialRow) -> str:
     return DEFAULT_METHOD_NAME
 
 
+def _beta_rows(rows: Sequence[TrialRow]) -> list[TrialRow]:
+    """Return the DisentangledSSL trials: only their step-1 model is trained with ``step1.beta``.
+
+    The baselines log the study's ``step1.beta`` too, but their training does not use it, so they
+    are left out of the plots against beta.
+    """
+    return [row for row in rows if _method_name(row) == DEFAULT_METHOD_NAME]
+
+
 def _lambda(row: TrialRow) -> float | None:
     for name in LAMBDA_PARAMS:
         if name in row.params:
@@ -768,6 +777,7 @@ def _missing_metrics_reason(rows: Sequence[TrialRow], metrics: Sequence[str], pr
 def _figure_4a(rows: Sequence[TrialRow]) -> Figure:
     """Plot shared probe accuracy on Yc, Y1 and Y2 against beta, with beta 0 in a panel left of the log axis."""
     metrics = list(SHARED_LABEL_METRICS.values())
+    rows = _beta_rows(rows)
     usable = [row for row in rows if row.finished and any(row.metric(m) is not None for m in metrics)]
     if not usable:
         raise _FigureSkipped(_missing_metrics_reason(rows, metrics[:1], "probe/shared/", "a dataset without y_c"))
@@ -895,6 +905,7 @@ def _figure_4b(rows: Sequence[TrialRow]) -> Figure:
 def _information_plane(rows: Sequence[TrialRow]) -> Figure:
     """Plot the I(Z; X2) lower bound against the I(Z; X1 | X2) upper bound, one point per beta, in beta order."""
     metrics = [CMI_UPPER, SHARED_MI_LOWER]
+    rows = _beta_rows(rows)
     usable = _finished_with(rows, metrics)
     if not usable:
         raise _FigureSkipped(_missing_metrics_reason(rows, metrics, "mi/", "step-1 diagnostics were not logged"))
