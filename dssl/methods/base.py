@@ -117,3 +117,36 @@ class Phase:
     def metric_key(self, diagnostic: str) -> str:
         """Return the logged name of a held-out diagnostic: ``mi/...`` as is, else ``{phase}/val/{name}``."""
         return diagnostic if diagnostic.startswith("mi/") else f"{self.name}/val/{diagnostic}"
+
+
+JOINT_PHASE = "joint"
+
+
+def joint_phase(
+    settings: Any,
+    build: Callable[[], PhaseModel],
+    train_terms: tuple[str, ...],
+    diagnostics: tuple[str, ...],
+) -> list[Phase]:
+    """Return the single ``joint`` phase of a method that trains all its encoders together.
+
+    Args:
+        settings: The method's own settings section, with ``epochs`` and ``lr``.
+        build: Builds the method's model; there are no earlier phases to pass to it.
+        train_terms: Names of the model's loss terms.
+        diagnostics: Names of the model's held-out metrics.
+
+    Returns:
+        One phase that yields all four representations.
+    """
+    return [
+        Phase(
+            name=JOINT_PHASE,
+            epochs=settings.epochs,
+            lr=settings.lr,
+            build=lambda previous: build(),
+            train_terms=train_terms,
+            diagnostics=diagnostics,
+            representations=REPRESENTATION_NAMES,
+        )
+    ]

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dssl.data.augment import augment
-from dssl.methods.base import REPRESENTATION_NAMES, SINGLE_PROCESS, Phase, PhaseModel
+from dssl.methods.base import SINGLE_PROCESS, Phase, PhaseModel, joint_phase
 from dssl.methods.disentangled_ssl import _augment_pair
 from dssl.nn.encoders import MLPEncoder
 from dssl.nn.precision import encoder_autocast
@@ -373,15 +373,9 @@ def dmvae_phases(method: MethodSpec, x1_dim: int, x2_dim: int) -> list[Phase]:
     Returns:
         One phase that trains encoders and decoders together and yields all four representations.
     """
-    spec = method.dmvae
-    return [
-        Phase(
-            name="joint",
-            epochs=spec.epochs,
-            lr=spec.lr,
-            build=lambda previous: DmvaeModel(x1_dim, x2_dim, method),
-            train_terms=DMVAE_TERMS,
-            diagnostics=DMVAE_DIAGNOSTICS,
-            representations=REPRESENTATION_NAMES,
-        )
-    ]
+    return joint_phase(
+        method.dmvae,
+        lambda: DmvaeModel(x1_dim, x2_dim, method),
+        DMVAE_TERMS,
+        DMVAE_DIAGNOSTICS,
+    )

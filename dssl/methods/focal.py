@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from dssl.methods.base import SINGLE_PROCESS, Phase
+from dssl.methods.base import SINGLE_PROCESS, Phase, joint_phase
 from dssl.methods.disentangled_ssl import _gathered_infonce
-from dssl.methods.joint_opt import JOINT_PHASE, JOINT_REPRESENTATIONS, JointEncoderModel, augmented_views, per_view_infonce
+from dssl.methods.joint_opt import JointEncoderModel, augmented_views, per_view_infonce
 from dssl.objectives.infonce import symmetric_infonce
 from dssl.train.distributed import DataParallelContext
 
@@ -155,15 +155,9 @@ def focal_phases(method: MethodSpec, x1_dim: int, x2_dim: int) -> list[Phase]:
     Returns:
         One phase that trains all four encoders and yields every representation.
     """
-    settings = method.focal
-    return [
-        Phase(
-            name=JOINT_PHASE,
-            epochs=settings.epochs,
-            lr=settings.lr,
-            build=lambda previous: FocalModel(x1_dim, x2_dim, method),
-            train_terms=FOCAL_TERMS,
-            diagnostics=FOCAL_DIAGNOSTICS,
-            representations=JOINT_REPRESENTATIONS,
-        )
-    ]
+    return joint_phase(
+        method.focal,
+        lambda: FocalModel(x1_dim, x2_dim, method),
+        FOCAL_TERMS,
+        FOCAL_DIAGNOSTICS,
+    )

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from dssl.data.augment import augment
-from dssl.methods.base import SINGLE_PROCESS, Phase, PhaseModel
+from dssl.methods.base import SINGLE_PROCESS, Phase, PhaseModel, joint_phase
 from dssl.methods.disentangled_ssl import _gathered_infonce, _make_head, _overlap_penalty
 from dssl.nn.encoders import MLPEncoder
 from dssl.nn.precision import encoder_autocast
@@ -38,8 +38,6 @@ from dssl.train.distributed import DataParallelContext
 if TYPE_CHECKING:
     from dssl.study.schema import MethodSpec
 
-JOINT_PHASE = "joint"
-JOINT_REPRESENTATIONS = ("shared1", "shared2", "specific1", "specific2")
 JOINT_OPT_TERMS = ("loss", "shared_infonce", "specific_infonce1", "specific_infonce2", "ortho")
 JOINT_OPT_DIAGNOSTICS = (
     *JOINT_OPT_TERMS,
@@ -256,15 +254,9 @@ def joint_opt_phases(method: MethodSpec, x1_dim: int, x2_dim: int) -> list[Phase
     Returns:
         One phase that trains all four encoders and yields every representation.
     """
-    settings = method.joint_opt
-    return [
-        Phase(
-            name=JOINT_PHASE,
-            epochs=settings.epochs,
-            lr=settings.lr,
-            build=lambda previous: JointOptModel(x1_dim, x2_dim, method),
-            train_terms=JOINT_OPT_TERMS,
-            diagnostics=JOINT_OPT_DIAGNOSTICS,
-            representations=JOINT_REPRESENTATIONS,
-        )
-    ]
+    return joint_phase(
+        method.joint_opt,
+        lambda: JointOptModel(x1_dim, x2_dim, method),
+        JOINT_OPT_TERMS,
+        JOINT_OPT_DIAGNOSTICS,
+    )
