@@ -857,7 +857,11 @@ def _figure_4b(rows: Sequence[TrialRow]) -> Figure:
         raise _FigureSkipped(_missing_metrics_reason(rows, metrics, "probe/specific1/", hint))
 
     def group(row: TrialRow) -> tuple[str, float | None, float | None]:
-        return (_method_name(row), row.param_float(BETA_PARAM), _lambda(row))
+        method = _method_name(row)
+        if method == DEFAULT_METHOD_NAME:
+            return (method, row.param_float(BETA_PARAM), _lambda(row))
+        # A baseline's curve runs over its own trade-off weight a; beta does not apply to it.
+        return (method, None, row.param_float(f"{method}.a"))
 
     on_y1 = _group_spreads(usable, group, SPECIFIC1_Y1)
     on_yc = _group_spreads(usable, group, SPECIFIC1_YC)
@@ -874,7 +878,11 @@ def _figure_4b(rows: Sequence[TrialRow]) -> Figure:
         xs = [on_yc[k] for k in keys]
         ys = [on_y1[k] for k in keys]
         color = f"C{index % 10}"
-        beta_text = "β unknown" if beta is None else f"β = {_format_beta(beta)}"
+        symbol = "λ" if method == DEFAULT_METHOD_NAME else "a"
+        if method != DEFAULT_METHOD_NAME:
+            beta_text = "over a"
+        else:
+            beta_text = "β unknown" if beta is None else f"β = {_format_beta(beta)}"
         axes.errorbar(
             [s.mean for s in xs], [s.mean for s in ys],
             xerr=[[s.mean - s.low for s in xs], [s.high - s.mean for s in xs]],
@@ -884,7 +892,7 @@ def _figure_4b(rows: Sequence[TrialRow]) -> Figure:
         for lam, x, y in zip(lambdas, xs, ys):
             if lam is not None:
                 axes.annotate(
-                    f"λ={lam:g}", (x.mean, y.mean), textcoords="offset points", xytext=(5, 4), fontsize=7, color=color
+                    f"{symbol}={lam:g}", (x.mean, y.mean), textcoords="offset points", xytext=(5, 4), fontsize=7, color=color
                 )
 
     if all(row.params.get("data.kind") == "synthetic" for row in usable):
@@ -897,7 +905,7 @@ def _figure_4b(rows: Sequence[TrialRow]) -> Figure:
     axes.margins(0.08)
     axes.legend(loc="best", fontsize="small")
     count_note = _count_note([*on_y1.values(), *on_yc.values()])
-    subtitle = f"one curve per method and β, points in increasing λ\n{count_note}"
+    subtitle = f"one curve per method and β, points in increasing λ (baselines: in increasing a)\n{count_note}"
     _titles(figure, axes, "X1-specific representation after step 2", subtitle)
     return figure
 
