@@ -33,7 +33,7 @@ class PhaseModel(nn.Module):
     """A model that one phase trains: loss terms for a batch, diagnostics and embeddings.
 
     Subclasses implement :meth:`loss_terms`, :meth:`diagnostics` and :meth:`representations`.
-    Parameters of earlier phases that a model holds as frozen submodules are excluded from
+    Parameters of earlier phases that a model contains as frozen submodules are excluded from
     :meth:`trainable_parameters` and :meth:`checkpoint_state`.
     """
 

@@ -2,9 +2,10 @@
 
 Step 2 of DisentangledSSL freezes the step-1 model, so every trial that differs from another
 only in step-2 settings (lambda, the overlap penalty, step-2 epochs) can start from the same
-step-1 model. A trial's *step-1 key* hashes everything that determines that model: the data
-section of the study, the method settings outside ``step2`` and the other methods' sections,
-the seed and the number of data-parallel workers (each worker trains on its own shard).
+step-1 model. A trial's *step-1 key* hashes everything that determines that model. That is the
+data section of the study, the method settings outside ``step2`` and the other methods'
+sections, the seed, and the number of data-parallel workers, because each worker trains on its
+own shard.
 
 The MLflow tracking store is the catalogue. The run that trains a step-1 model logs it as the
 artifact ``checkpoints/step1.pt`` and then sets the tag ``dssl.step1_key``. A later trial with
@@ -128,9 +129,9 @@ def publish_step1(client: MlflowClient, run_id: str, key: str, state: dict[str, 
 class Step1Coordinator:
     """Decides, per step-1 key, which trial of a study trains the step-1 model.
 
-    ``claim`` returns True for the first caller of a key (it trains) and False while another
-    trial owns the key; those callers ``wait`` until the owner calls ``release``, then look the
-    model up in MLflow and claim again if it is missing.
+    ``claim`` returns True for the first caller of a key, which then trains, and False while
+    another trial owns the key. Those callers ``wait`` until the owner calls ``release``, then
+    look the model up in MLflow and claim again if it is missing.
     """
 
     def __init__(self) -> None:
