@@ -1248,7 +1248,7 @@ class SearchSpec(_Spec):
         for index, block in enumerate(self.grids):
             for path, parameter in block.items():
                 if not isinstance(parameter, _AXIS_PARAMETERS):
-                    message = "must be grid or categorical: a grids block holds grid axes only"
+                    message = "must be grid or categorical, because a grids block contains grid axes only"
                     issues.append(_Issue(("grids", index, path, "type"), message, parameter.type))
                 elif parameter.when is not None:
                     message = "is not allowed in a grids block; a block already applies to its own points only"

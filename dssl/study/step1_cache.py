@@ -16,8 +16,8 @@ Within one study, trials with the same key can start at the same time. A
 :class:`Step1Coordinator` actor lets the first of them train and the others wait until its
 step-1 model is logged. When the training trial fails before that, the next waiter trains.
 
-NOTE: a reusing trial reports no ``step1/...`` training metrics, so a study whose search or
-ASHA metric is one of them should set ``tracking.reuse_step1: false``; the schema does not
+NOTE: a reusing trial reports no ``step1/...`` training metrics. A study whose search or ASHA
+metric is one of them should set ``tracking.reuse_step1: false``, because the schema does not
 check this yet.
 """
 
