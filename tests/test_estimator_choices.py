@@ -294,6 +294,32 @@ def test_tpe_suggests_conditional_where_applicable(base_penalty: str) -> None:
     assert club_trials[0].distributions["step2.club_hidden_dim"] == optuna.distributions.IntDistribution(16, 256, log=True)
 
 
+def test_method_setting_conditioned_on_method_name() -> None:
+    space = {
+        "name": {"type": "categorical", "choices": ["joint_opt", "focal"]},
+        "focal.a": {"type": "loguniform", "low": 0.1, "high": 10, "when": {"name": "focal"}},
+    }
+    spec = validate_study(_study(space))
+    study = optuna.create_study(sampler=make_sampler(spec))
+    define_by_run = make_define_by_run(spec)
+
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        define_by_run(trial)
+        name = trial.params["name"]
+        seen.add(name)
+        assert ("focal.a" in trial.params) == (name == "focal")
+        study.tell(trial, 0.0)
+    assert seen == {"joint_opt", "focal"}
+
+
+def test_reused_step1_metric_allowed_without_reuse() -> None:
+    study = _study({"step2.lambda": {"type": "loguniform", "low": 0.1, "high": 10}}, metric="step1/val/infonce", mode="min")
+    study["tracking"] = {"reuse_step1": False}
+    assert validate_study(study).search.metric == "step1/val/infonce"
+
+
 def test_condition_on_fixed_method_value() -> None:
     space = {"step2.club_hidden_dim": {"type": "categorical", "choices": [32, 64], "when": {"step2.penalty": "club"}}}
     spec = validate_study(_study(space, {"step2": {"penalty": "club"}}))
@@ -380,6 +406,48 @@ def test_condition_on_fixed_method_value() -> None:
             "search.space.temperature",
             "must stay in method.temperature_range",
         ),
+        (
+            {"focal.a": {"type": "loguniform", "low": 0.1, "high": 10}},
+            {"name": "joint_opt"},
+            {},
+            "search.space.focal.a",
+            "read only by method 'focal', but every trial that samples it runs method 'joint_opt'",
+        ),
+        (
+            {
+                "name": {"type": "categorical", "choices": ["disentangled_ssl", "clip"]},
+                "step1.beta": {"type": "loguniform", "low": 0.01, "high": 1},
+            },
+            {},
+            {},
+            "search.space.step1.beta",
+            "also be suggested on trials of method 'clip', which ignore it; add when: {name: disentangled_ssl}",
+        ),
+        (
+            {},
+            {},
+            {
+                "algorithm": "grid",
+                "num_trials": None,
+                "grids": [{"name": {"type": "grid", "values": ["dmvae"]}, "joint_opt.a": {"type": "grid", "values": [1, 2]}}],
+            },
+            "search.grids[0].joint_opt.a",
+            "read only by method 'joint_opt'",
+        ),
+        (
+            {"step2.lambda": {"type": "loguniform", "low": 0.1, "high": 10}},
+            {"step2": {"enabled": True}},
+            {"metric": "step1/val/infonce", "mode": "min"},
+            "search.metric",
+            "reported by step 1 only",
+        ),
+        (
+            {"step2.lambda": {"type": "loguniform", "low": 0.1, "high": 10}},
+            {"step2": {"enabled": True}},
+            {"scheduler": "asha", "asha": {"metric": "mi/cmi_upper_bound_kl", "mode": "min"}},
+            "search.asha.metric",
+            "set tracking.reuse_step1: false",
+        ),
     ],
 )
 def test_validation_names_the_field(
@@ -395,10 +463,18 @@ def test_validation_names_the_field(
 
 
 def test_metric_names_follow_the_settings() -> None:
-    club = validate_study(_study({}, {"step2": {"penalty": "club"}, "temperature_learnable": True}))
-    names = per_epoch_metric_names(club)
+    study = _study({}, {"step2": {"penalty": "club"}, "temperature_learnable": True})
+    study["tracking"] = {"reuse_step1": False}
+    names = per_epoch_metric_names(validate_study(study))
     assert {"step2/train/club_learning_loss", "step2/val/club_learning_loss"} <= names
     assert {"step1/train/temperature", "step2/train/temperature"} <= names
+
+    # A trial that reuses a step-1 model reports none of step 1's per-epoch metrics.
+    study["tracking"] = {"reuse_step1": True}
+    reused = per_epoch_metric_names(validate_study(study))
+    assert "step2/train/temperature" in reused
+    assert not {name for name in reused if name.startswith("step1/")}
+    assert "mi/cmi_upper_bound_kl" not in reused
     assert "step2/train/club_learning_loss" not in per_epoch_metric_names(validate_study(_study({})))
 
     # Only the names that every sampled penalty reports can be the study's metric.

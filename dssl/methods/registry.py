@@ -52,3 +52,12 @@ def build_phases(method: MethodSpec, x1_dim: int, x2_dim: int) -> list[Phase]:
 def describe_phases(method: MethodSpec) -> list[Phase]:
     """Return the phases of ``method`` for naming metrics; their models are never built."""
     return build_phases(method, 1, 1)
+
+
+def reuses_step1(method: MethodSpec) -> bool:
+    """Return whether a trial of ``method`` can load a step-1 model trained by another trial.
+
+    Only DisentangledSSL with step 2 qualifies: step 2 freezes the step-1 model, so trials that
+    differ in step-2 settings only can share it (see dssl.study.step1_cache).
+    """
+    return method.name == "disentangled_ssl" and method.step2.enabled

@@ -24,9 +24,18 @@ def per_epoch_metric_names(spec: StudySpec) -> set[str]:
     The phases' training terms and diagnostics depend on settings that the space may sample
     (:data:`_TERM_SETTINGS`), so only the names that every such variant reports are returned.
     """
-    names = set.intersection(*(_phase_metric_names(method) for method in _term_variants(spec)))
+    names = set.intersection(
+        *(_phase_metric_names(method, _skipped_phases(spec, method)) for method in _term_variants(spec))
+    )
     names.update(_mi_diagnostic_names(spec))
     return names
+
+
+def _skipped_phases(spec: StudySpec, method: MethodSpec) -> tuple[str, ...]:
+    """Return the phases that a trial may load instead of training, so that it reports none of their metrics."""
+    from dssl.methods.registry import reuses_step1
+
+    return ("step1",) if spec.tracking.reuse_step1 and reuses_step1(method) else ()
 
 
 # Method paths whose value changes the phases' training terms or diagnostics: CLUB adds its
@@ -34,12 +43,14 @@ def per_epoch_metric_names(spec: StudySpec) -> set[str]:
 _TERM_SETTINGS = ("name", "step2.enabled", "step2.penalty", "temperature_learnable")
 
 
-def _phase_metric_names(method: MethodSpec) -> set[str]:
-    """Return the per-epoch names that the phases of ``method`` report (``dssl.train.loop``)."""
+def _phase_metric_names(method: MethodSpec, skipped: tuple[str, ...] = ()) -> set[str]:
+    """Return the per-epoch names that the phases of ``method``, except ``skipped``, report (``dssl.train.loop``)."""
     from dssl.methods.registry import describe_phases
 
     names: set[str] = set()
     for phase in describe_phases(method):
+        if phase.name in skipped:
+            continue
         names.update(f"{phase.name}/train/{term}" for term in phase.train_terms)
         names.update(phase.metric_key(diagnostic) for diagnostic in phase.diagnostics)
         names.update((f"{phase.name}/lr", f"{phase.name}/samples_per_second"))

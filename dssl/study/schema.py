@@ -1423,7 +1423,12 @@ def _conditional_space_issues(method: MethodSpec, space: Mapping[str, Any]) -> l
                 "the space or fixed under method), so this entry would never be suggested"
             )
             issues.append(_Issue(("search", "space", path, "when", condition), message, list(allowed)))
-    return issues + _penalty_setting_issues(method, space) + _learnable_temperature_issues(method, space)
+    return (
+        issues
+        + _penalty_setting_issues(method, space)
+        + _learnable_temperature_issues(method, space)
+        + _unused_setting_issues(method, space)
+    )
 
 
 def _values_where_suggested(
@@ -1449,6 +1454,56 @@ def _penalty_setting_issues(method: MethodSpec, space: Mapping[str, Any]) -> lis
                 f"be suggested with step2.penalty {_values_text(others)}; add when: {{step2.penalty: {owner}}}"
             )
             issues.append(_Issue(("search", "space", path), message))
+    return issues
+
+
+# Method sections that only some methods read. A trial of another method ignores them, so
+# sampling them there spends trials on runs that differ in nothing they train. CLIP reads step 1
+# but sets step1.beta to 0.
+_SECTION_READERS = {
+    "step1": ("disentangled_ssl", "clip"),
+    "step2": ("disentangled_ssl",),
+    "joint_opt": ("joint_opt",),
+    "focal": ("focal",),
+    "dmvae": ("dmvae",),
+}
+_PATH_READERS = {"step1.beta": ("disentangled_ssl",)}
+
+
+def _method_readers(path: str) -> tuple[str, ...] | None:
+    """Return the methods that read the setting at ``path``, or None when every method reads it."""
+    if path in _PATH_READERS:
+        return _PATH_READERS[path]
+    section, _, _ = path.partition(".")
+    return _SECTION_READERS.get(section) if "." in path else None
+
+
+def _unused_setting_issues(method: MethodSpec, space: Mapping[str, Any]) -> list[_Issue]:
+    """Return an issue for each entry that would be suggested on trials of a method that ignores it."""
+    issues = []
+    for path, parameter in space.items():
+        readers = _method_readers(path)
+        if readers is None:
+            continue
+        names = _values_where_suggested("name", parameter, method, space)
+        ignoring = tuple(name for name in names if name not in readers)
+        if not ignoring:
+            continue
+        read_by = f"method.{path} is read only by method {_values_text(readers)}"
+        if len(ignoring) == len(names):
+            message = (
+                f"{read_by}, but every trial that samples it runs method {_values_text(ignoring)}; "
+                f"remove this entry or set method.name to {readers[0]!r}"
+            )
+        else:
+            users = [name for name in names if name in readers]
+            condition = users[0] if len(users) == 1 else users
+            message = (
+                f"{read_by}, but this entry would also be suggested on trials of method "
+                f"{_values_text(ignoring)}, which ignore it; add when: {{name: {condition}}}, or with "
+                "algorithm grid give each method its own block under search.grids"
+            )
+        issues.append(_Issue(("search", "space", path), message))
     return issues
 
 
@@ -1563,6 +1618,13 @@ class TrackingSpec(_Spec):
     )
 
 
+_REUSED_STEP1_METRIC = (
+    "is reported by step 1 only, and a trial that loads an earlier trial's step-1 model "
+    "(tracking.reuse_step1: true) trains no step 1; set tracking.reuse_step1: false, or choose a "
+    "metric that step 2 or the final evaluation reports"
+)
+
+
 class StudySpec(_Spec):
     """One study file."""
 
@@ -1619,8 +1681,14 @@ class StudySpec(_Spec):
     @model_validator(mode="after")
     def _check_conditional_space(self) -> StudySpec:
         # Conditions and penalty settings are checked against the fixed method values here,
-        # because the search section alone does not know them.
+        # because the search section alone does not know them. Each grids block is a space of
+        # its own, so its issues are moved under search.grids.<index>.
         issues = _conditional_space_issues(self.method, self.search.space)
+        for index, block in enumerate(self.search.grids):
+            issues += [
+                dataclasses.replace(issue, loc=("search", "grids", index) + issue.loc[2:])
+                for issue in _conditional_space_issues(self.method, block)
+            ]
         if issues:
             _raise_issues(issues)
         return self
@@ -1631,19 +1699,26 @@ class StudySpec(_Spec):
 
         issues = []
         available = final_metric_names(self)
+        without_reuse = self.model_copy(update={"tracking": self.tracking.model_copy(update={"reuse_step1": False})})
         for index, metric in enumerate(self.search.metrics):
             if metric not in available:
                 location = ("search", "metric") if isinstance(self.search.metric, str) else ("search", "metric", index)
-                suggestion = _did_you_mean(metric, sorted(available))
-                message = (
-                    f"is not a metric that trials of this study report; {suggestion}"
-                    f"choose one of {', '.join(sorted(available))}"
-                )
+                if metric in final_metric_names(without_reuse):
+                    message = _REUSED_STEP1_METRIC
+                else:
+                    suggestion = _did_you_mean(metric, sorted(available))
+                    message = (
+                        f"is not a metric that trials of this study report; {suggestion}"
+                        f"choose one of {', '.join(sorted(available))}"
+                    )
                 issues.append(_Issue(location, message, metric))
         if self.search.scheduler == "asha" and self.search.asha.metric is not None:
             per_epoch = per_epoch_metric_names(self)
             if self.search.asha.metric not in per_epoch:
-                message = f"must be a metric reported every epoch, one of {', '.join(sorted(per_epoch))}"
+                if self.search.asha.metric in per_epoch_metric_names(without_reuse):
+                    message = _REUSED_STEP1_METRIC
+                else:
+                    message = f"must be a metric reported every epoch, one of {', '.join(sorted(per_epoch))}"
                 issues.append(_Issue(("search", "asha", "metric"), message, self.search.asha.metric))
         workers = self.resources.num_workers
         if self.method.batch_size % workers != 0:

@@ -16,9 +16,8 @@ Within one study, trials with the same key can start at the same time. A
 :class:`Step1Coordinator` actor lets the first of them train and the others wait until its
 step-1 model is logged. When the training trial fails before that, the next waiter trains.
 
-NOTE: a reusing trial reports no ``step1/...`` training metrics. A study whose search or ASHA
-metric is one of them should set ``tracking.reuse_step1: false``, because the schema does not
-check this yet.
+A reusing trial reports none of step 1's per-epoch metrics, so the schema rejects a search or
+ASHA metric that only step 1 reports while ``tracking.reuse_step1`` is true.
 """
 
 from __future__ import annotations
@@ -47,11 +46,6 @@ STEP1_ARTIFACT = "checkpoints/step1.pt"
 _NOT_STEP1_SECTIONS = ("step2", "joint_opt", "focal", "dmvae")
 # Version of the key recipe; bump it when the step-1 training changes incompatibly.
 _KEY_VERSION = 1
-
-
-def reuses_step1(method: MethodSpec) -> bool:
-    """Return whether a trial of ``method`` can share its step-1 model: DisentangledSSL with step 2."""
-    return method.name == "disentangled_ssl" and method.step2.enabled
 
 
 def step1_key(spec: StudySpec, method: MethodSpec, seed: int) -> str:

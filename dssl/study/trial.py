@@ -27,9 +27,10 @@ from ray import tune
 from dssl.data.dataset import PairedDataset
 from dssl.eval.evaluate import evaluate_trial
 from dssl.eval.mi_diagnostics import MIDiagnosticsSettings
+from dssl.methods.registry import reuses_step1
 from dssl.study.schema import MethodSpec, StudySpec, flatten_params, resolve_method
 from dssl.study.space import method_overrides, seed_of
-from dssl.study.step1_cache import obtain_step1, publish_step1, reuses_step1, step1_key
+from dssl.study.step1_cache import obtain_step1, publish_step1, step1_key
 from dssl.study.tracking import StudyTracker, log_metrics
 from dssl.train.checkpoint import load_state, save_state
 from dssl.train.loop import TrainedModels, TrainingState, restore_models, total_epochs, train_trial
