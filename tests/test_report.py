@@ -388,6 +388,35 @@ def test_information_plane_points(grid_report) -> None:
     assert "nats; mi/shared_infonce_lower_bound" in axes.get_ylabel()
 
 
+def test_information_plane_labels_each_beta_once(grid_report) -> None:
+    axes = report._information_plane(list(grid_report.rows)).axes[0]
+    labels = [text.get_text() for text in axes.texts]
+    assert all(label.startswith("β=") for label in labels)
+    named = [value for label in labels for value in label[len("β="):].split(", ")]
+    assert sorted(float(value) for value in named) == sorted(GRID_BETAS)
+
+
+def test_nearby_points_share_a_group() -> None:
+    xs = [0.0, 0.5, 50.0, 100.0, 99.0]
+    ys = [0.0, 0.1, 5.0, 10.0, 10.0]
+    groups = report._nearby_groups(xs, ys, report._extent(xs, ys))
+    assert groups == [(0, [0, 1]), (2, [2]), (3, [3, 4])]
+    # Grouping compares with the group's first point, so a slow drift starts new groups.
+    drift = [0.0, 0.04, 0.08, 0.12]
+    groups = report._nearby_groups(drift, [0.0] * 4, (0.0, 1.0, 0.0, 1.0))
+    assert groups == [(0, [0, 1]), (2, [2, 3])]
+
+
+def test_shared_settings_leave_out_unread_sections(grid_report) -> None:
+    text = grid_report.table_markdown.read_text()
+    shared = next(line for line in text.splitlines() if line.startswith("Settings shared by every trial"))
+    assert "`step1.kappa=" in shared
+    assert "`step2.penalty=orthogonality`" in shared
+    for section in ("joint_opt.", "focal.", "dmvae."):
+        assert f"`{section}" not in shared
+    assert "=null`" not in shared
+
+
 def test_grid_pareto_skipped_with_reason(grid_report) -> None:
     assert set(grid_report.skipped) == {PARETO_FRONT}
     assert "single-objective study (metric: probe/shared/y_c)" in grid_report.skipped[PARETO_FRONT]

@@ -52,7 +52,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from dssl.study.schema import STUDY_NAME_PATTERN, load_study
+from dssl.study.schema import STUDY_NAME_PATTERN, load_study, method_readers
 from dssl.study.tracking import PARENT_TAG, TRIAL_ID_TAG, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -584,7 +584,7 @@ def _write_markdown(
     constant = {
         name: rows[0].params[name]
         for name in sorted({n for row in rows for n in row.params} - set(varying) - {"trial_id"})
-        if name in rows[0].params
+        if name in rows[0].params and _read_by_some_trial(name, rows)
     } if rows else {}
     objective_names = [metric for metric, _ in objectives]
     table_metrics = objective_names + sorted(
@@ -632,6 +632,22 @@ def _write_markdown(
     lines += [f"- `{name}`" for name in figures]
     lines += [f"- `{name}` skipped: {reason}" for name, reason in skipped.items()]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _read_by_some_trial(param: str, rows: Sequence[TrialRow]) -> bool:
+    """Return whether some trial's method reads ``param``: the other methods' sections are noise.
+
+    Step-2 settings count only where step 2 ran, and a setting logged as null (a penalty's own
+    setting on a trial with another penalty) never counts.
+    """
+    if all(row.params.get(param) in ("null", "None") for row in rows):
+        return False
+    readers = method_readers(param)
+    if readers is not None and not any(_method_name(row) in readers for row in rows):
+        return False
+    if param.startswith("step2.") and param != "step2.enabled":
+        return any(row.params.get("step2.enabled") != "False" for row in rows)
+    return True
 
 
 def _format_number(value: float | None) -> str:
@@ -869,8 +885,9 @@ def _figure_4b(rows: Sequence[TrialRow]) -> Figure:
     for method, beta, lam in on_y1:
         curves[(method, beta)].append(lam)
 
-    figure = _new_figure()
+    figure = _new_figure(7.5, 6.5)
     axes = figure.subplots()
+    extent = _extent([s.mean for s in on_yc.values()], [s.mean for s in on_y1.values()])
     ordered = sorted(curves.items(), key=lambda item: _sortable_tuple(item[0]))
     for index, ((method, beta), lambdas) in enumerate(ordered):
         lambdas.sort(key=lambda lam: -math.inf if lam is None else lam)
@@ -889,11 +906,11 @@ def _figure_4b(rows: Sequence[TrialRow]) -> Figure:
             yerr=[[s.mean - s.low for s in ys], [s.high - s.mean for s in ys]],
             color=color, marker="o", capsize=3, label=f"{method}, {beta_text}",
         )  # fmt: skip
-        for lam, x, y in zip(lambdas, xs, ys):
-            if lam is not None:
-                axes.annotate(
-                    f"{symbol}={lam:g}", (x.mean, y.mean), textcoords="offset points", xytext=(5, 4), fontsize=7, color=color
-                )
+        labelled = [(lam, x.mean, y.mean) for lam, x, y in zip(lambdas, xs, ys) if lam is not None]
+        if labelled:
+            lams, means_x, means_y = zip(*labelled)
+            labels = [f"{lam:g}" for lam in lams]
+            _annotate_groups(axes, means_x, means_y, labels, symbol, extent, color=color, fontsize=7)
 
     if all(row.params.get("data.kind") == "synthetic" for row in usable):
         front_x, front_y = zip(*PAPER_FIGURE_4B_FRONT)
@@ -903,7 +920,8 @@ def _figure_4b(rows: Sequence[TrialRow]) -> Figure:
     axes.set_ylabel(f"accuracy on Y1, the X1-specific label\n(fraction; {SPECIFIC1_Y1}), higher is better")
     axes.grid(True, alpha=0.3)
     axes.margins(0.08)
-    axes.legend(loc="best", fontsize="small")
+    # Below the axes, where the legend cannot hide a curve or the paper's front.
+    figure.legend(loc="outside lower center", ncols=2, fontsize="small")
     count_note = _count_note([*on_y1.values(), *on_yc.values()])
     subtitle = f"one curve per method and β, points in increasing λ (baselines: in increasing a)\n{count_note}"
     _titles(figure, axes, "X1-specific representation after step 2", subtitle)
@@ -941,9 +959,10 @@ def _information_plane(rows: Sequence[TrialRow]) -> Figure:
     means_x = [p.mean for p in points_x]
     means_y = [p.mean for p in points_y]
     axes.scatter(means_x, means_y, color="C0", zorder=3, label="mean over the trials of one β")
-    for beta, x, y in zip(betas, points_x, points_y):
-        label = f"β={_format_beta(beta)}"
-        axes.annotate(label, (x.mean, y.mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    # Neighbouring betas often land on one spot (the plateau at small beta, the collapse at large
+    # beta), so such points share one label, and successive labels alternate above and below.
+    labels = [_format_beta(beta) for beta in betas]
+    _annotate_groups(axes, means_x, means_y, labels, "β", color="black", fontsize=8)
     axes.set_xlabel(f"I(Z; X1 | X2) upper bound: held-out E KL (nats; {CMI_UPPER})")
     axes.set_ylabel(f"I(Z; X2) lower bound: log B − InfoNCE\n(nats; {SHARED_MI_LOWER})")
     axes.grid(True, alpha=0.3)
@@ -952,6 +971,65 @@ def _information_plane(rows: Sequence[TrialRow]) -> Figure:
     subtitle = f"points joined in increasing β; {_count_note([*points_x, *points_y])}"
     _titles(figure, axes, "Information plane of the shared representation", subtitle)
     return figure
+
+
+_Extent = tuple[float, float, float, float]
+
+
+def _extent(xs: Sequence[float], ys: Sequence[float]) -> _Extent:
+    """Return ``(x low, x high, y low, y high)`` of the points."""
+    return (min(xs), max(xs), min(ys), max(ys))
+
+
+def _annotate_groups(
+    axes: Axes,
+    xs: Sequence[float],
+    ys: Sequence[float],
+    labels: Sequence[str],
+    symbol: str,
+    extent: _Extent | None = None,
+    **text: Any,
+) -> None:
+    """Label points that follow a curve, giving neighbouring points one shared label.
+
+    Successive labels alternate above and below their point, and labels in the right half of
+    ``extent`` (every plotted point; these points by default) sit to the left of the point, so
+    that none runs off the axes.
+    """
+    extent = extent or _extent(xs, ys)
+    middle = (extent[0] + extent[1]) / 2
+    for index, (first, group) in enumerate(_nearby_groups(xs, ys, extent)):
+        label = f"{symbol}=" + ", ".join(labels[member] for member in group)
+        right_half = xs[first] > middle
+        offset = (-5 if right_half else 5, 4 if index % 2 == 0 else -11)
+        axes.annotate(
+            label, (xs[first], ys[first]), textcoords="offset points", xytext=offset,
+            ha="right" if right_half else "left", **text,
+        )  # fmt: skip
+
+
+def _nearby_groups(
+    xs: Sequence[float], ys: Sequence[float], extent: _Extent, radius: float = 0.06
+) -> list[tuple[int, list[int]]]:
+    """Group consecutive points that lie within ``radius`` of their group's first point.
+
+    Distances are measured after scaling each axis by the width and height of ``extent``, so
+    ``radius`` is a share of the plotted extent.
+
+    Returns:
+        ``(first index, member indices)`` per group, in the points' order.
+    """
+    span_x = (extent[1] - extent[0]) or 1.0
+    span_y = (extent[3] - extent[2]) or 1.0
+    groups: list[tuple[int, list[int]]] = []
+    for index, (x, y) in enumerate(zip(xs, ys)):
+        if groups:
+            first = groups[-1][0]
+            if math.hypot((x - xs[first]) / span_x, (y - ys[first]) / span_y) <= radius:
+                groups[-1][1].append(index)
+                continue
+        groups.append((index, [index]))
+    return groups
 
 
 def _pareto_front(rows: Sequence[TrialRow], objectives: Sequence[tuple[str, str]]) -> Figure:

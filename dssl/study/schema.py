@@ -1470,8 +1470,16 @@ _SECTION_READERS = {
 _PATH_READERS = {"step1.beta": ("disentangled_ssl",)}
 
 
-def _method_readers(path: str) -> tuple[str, ...] | None:
-    """Return the methods that read the setting at ``path``, or None when every method reads it."""
+def method_readers(path: str) -> tuple[str, ...] | None:
+    """Return the methods that read a method setting, or None when every method reads it.
+
+    Args:
+        path: A dotted method path in YAML form, e.g. ``"focal.a"`` or ``"step1.beta"``.
+
+    Example:
+        >>> method_readers("step2.lambda"), method_readers("embed_dim")
+        (('disentangled_ssl',), None)
+    """
     if path in _PATH_READERS:
         return _PATH_READERS[path]
     section, _, _ = path.partition(".")
@@ -1482,7 +1490,7 @@ def _unused_setting_issues(method: MethodSpec, space: Mapping[str, Any]) -> list
     """Return an issue for each entry that would be suggested on trials of a method that ignores it."""
     issues = []
     for path, parameter in space.items():
-        readers = _method_readers(path)
+        readers = method_readers(path)
         if readers is None:
             continue
         names = _values_where_suggested("name", parameter, method, space)
