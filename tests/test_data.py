@@ -243,7 +243,7 @@ def test_load_dataset_dispatches() -> None:
 
 
 def test_load_dataset_unknown_kind() -> None:
-    with pytest.raises(ValueError, match=r"'mnist'.*\['synthetic', 'digits'\]"):
+    with pytest.raises(ValueError, match=r"'mnist'.*\['synthetic', 'digits', 'parquet'\]"):
         load_dataset("mnist")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 _logger = logging.getLogger(__name__)
 
-DATASET_KINDS: tuple[str, ...] = ("synthetic", "digits")
+DATASET_KINDS: tuple[str, ...] = ("synthetic", "digits", "parquet")
 """Names accepted by :func:`load_dataset`."""
 
 _SPLIT_NAMES: tuple[str, ...] = ("train", "test")
@@ -132,8 +132,9 @@ def load_dataset(kind: str, **options: Any) -> PairedDataset:
     """Build a dataset by name.
 
     Args:
-        kind: ``"synthetic"`` (see :func:`dssl.data.synthetic.make_synthetic`) or ``"digits"``
-            (see :func:`dssl.data.digits.make_digits_two_view`).
+        kind: ``"synthetic"`` (see :func:`dssl.data.synthetic.make_synthetic`), ``"digits"``
+            (see :func:`dssl.data.digits.make_digits_two_view`) or ``"parquet"`` (a manifest read
+            by :func:`dssl.data.parquet.read_dataset`).
         **options: Keyword arguments passed to the builder.
 
     Returns:
@@ -148,6 +149,10 @@ def load_dataset(kind: str, **options: Any) -> PairedDataset:
         from dssl.data.digits import make_digits_two_view
 
         builder = make_digits_two_view
+    elif kind == "parquet":
+        from dssl.data.parquet import read_dataset
+
+        builder = read_dataset
     else:
         raise ValueError(f"Unknown dataset kind {kind!r}. Expected one of {list(DATASET_KINDS)}.")
 

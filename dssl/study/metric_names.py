@@ -1,8 +1,8 @@
 """The metric names a trial reports, so that a study's metric can be checked before it runs.
 
 Every name below is in a trial's final Tune report: the last value of each per-epoch metric
-plus the final evaluation. Names follow ``dssl.train.loop``, ``dssl.methods.disentangled_ssl``
-and ``dssl.eval.evaluate``.
+plus the final evaluation. Names follow ``dssl.train.loop``, ``dssl.methods.disentangled_ssl``,
+``dssl.eval.evaluate`` and ``dssl.eval.retrieval``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,24 @@ if TYPE_CHECKING:
 
 _DATASET_LABELS = {"synthetic": ("y_c", "y_1", "y_2"), "digits": ("digit",)}
 _DATASET_LATENTS = {"synthetic": ("z_s", "z_1", "z_2"), "digits": ()}
+
+
+def _dataset_labels(spec: StudySpec) -> tuple[str, ...]:
+    """Return the label names of the study's data: fixed per built-in kind, listed by a manifest."""
+    if spec.data.kind == "parquet":
+        from dssl.data.manifest import load_manifest
+
+        return tuple(load_manifest(spec.data.manifest).labels)
+    return _DATASET_LABELS.get(spec.data.kind, ())
+
+
+def _dataset_latents(spec: StudySpec) -> tuple[str, ...]:
+    """Return the true-latent names of the study's data (a manifest's ``latents``, if any)."""
+    if spec.data.kind == "parquet":
+        from dssl.data.manifest import load_manifest
+
+        return tuple(load_manifest(spec.data.manifest).latents)
+    return _DATASET_LATENTS.get(spec.data.kind, ())
 
 _TIMING_METRICS = ("time/training_seconds", "time/trial_seconds", "epoch")
 
@@ -110,7 +128,7 @@ def _mi_diagnostic_names(spec: StudySpec) -> set[str]:
     """
     if spec.eval.mi_every_n_epochs is None:
         return set()
-    latents = _DATASET_LATENTS.get(spec.data.kind, ())
+    latents = _dataset_latents(spec)
     return set.intersection(*(_mi_diagnostic_names_of(method, latents) for method in _term_variants(spec)))
 
 
@@ -149,16 +167,21 @@ def _probed_representations(method: MethodSpec) -> tuple[list[str], list[str]]:
 def final_metric_names(spec: StudySpec) -> set[str]:
     """Return every metric in a trial's final report (the ones a searcher can optimise).
 
-    When the space samples the method or whether step 2 runs, only the probe and R² names that
-    every variant reports count.
+    When the space samples the method or whether step 2 runs, only the probe, R² and retrieval
+    names that every variant reports count. Retrieval names (``dssl.eval.retrieval``) need the
+    per-modality shared embeddings, which are present exactly when ``shared`` is probed.
     """
-    labels = _DATASET_LABELS.get(spec.data.kind, ())
-    latents = _DATASET_LATENTS.get(spec.data.kind, ())
+    from dssl.eval.retrieval import retrieval_metric_names
+
+    labels = _dataset_labels(spec)
+    latents = _dataset_latents(spec)
     evaluated: set[str] | None = None
     for method in _term_variants(spec):
         probed, regressed = _probed_representations(method)
         variant = {f"probe/{r}/{label}" for r in probed for label in labels}
         variant.update(f"r2/{r}/{latent}" for r in regressed for latent in latents)
+        if "shared" in probed:
+            variant.update(retrieval_metric_names())
         evaluated = variant if evaluated is None else evaluated & variant
 
     return per_epoch_metric_names(spec) | set(_TIMING_METRICS) | (evaluated or set())

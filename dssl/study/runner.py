@@ -122,9 +122,22 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
 
 
 def build_dataset(spec: StudySpec) -> PairedDataset:
-    """Build the study's dataset from its ``data`` section."""
+    """Build the study's dataset from its ``data`` section.
+
+    Raises:
+        InvalidStudyInputError: The Parquet files of a ``kind: parquet`` dataset fail validation;
+            the message lists every problem with its file, column and row.
+    """
+    from dssl.data.parquet import DatasetValidationError
+
     options = spec.data.model_dump(exclude={"kind"})
-    return load_dataset(spec.data.kind, **options)
+    try:
+        return load_dataset(spec.data.kind, **options)
+    except DatasetValidationError as error:
+        raise InvalidStudyInputError(
+            f"the dataset {options.get('manifest')!r} failed validation, so nothing was started:\n{error}\n"
+            "Fix the files or the manifest; 'dssl data validate MANIFEST' runs the same checks."
+        ) from None
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -288,16 +301,17 @@ def run_study(
 
     Raises:
         dssl.study.schema.StudyValidationError: The study file is invalid (nothing has started).
-        InvalidStudyInputError: The tracking URI or storage path cannot be used (nothing has started).
+        InvalidStudyInputError: The tracking URI, the storage path or the dataset cannot be used
+            (nothing has started).
     """
     spec = load_study(study_path)
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
     storage = resolve_storage_path(storage_path)
+    dataset = build_dataset(spec)
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     study_dir = _make_study_dir(storage, run_name)
     optuna_url = f"sqlite:///{study_dir / 'optuna.db'}"
-    dataset = build_dataset(spec)
 
     experiment_name = spec.tracking.experiment or spec.name
     try:

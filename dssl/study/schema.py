@@ -58,6 +58,7 @@ __all__ = [
     "MethodSpec",
     "NO_VALUE",
     "ParameterSpec",
+    "ParquetDataSpec",
     "ResourceSpec",
     "SearchSpec",
     "Step1Spec",
@@ -81,7 +82,7 @@ __all__ = [
 STUDY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 METRIC_NAME_PATTERN = re.compile(r"^[/\w.\- ]+$")
 PARAMETER_TYPES: tuple[str, ...] = ("loguniform", "uniform", "int", "categorical", "grid")
-DATA_KINDS: tuple[str, ...] = ("synthetic", "digits")
+DATA_KINDS: tuple[str, ...] = ("synthetic", "digits", "parquet")
 
 # Discriminated unions, keyed by the discriminator text in pydantic's error context: the tag
 # field and its allowed values.
@@ -441,6 +442,49 @@ class DigitsDataSpec(_Spec):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Share of rows held out.")
 
 
+class ParquetDataSpec(_Spec):
+    """A dataset in dssl's Parquet format, named by its manifest (see docs/data.md).
+
+    The manifest is read when the study is validated, so a missing or malformed manifest stops
+    the study before Ray or MLflow start. The data files themselves are checked by the runner,
+    also before any trial starts.
+    """
+
+    _field_hints: ClassVar[dict[str, str]] = {
+        key: "only allowed with data.kind: synthetic" for key in _SYNTHETIC_ONLY_FIELDS
+    }
+
+    kind: Literal["parquet"]
+    manifest: str = Field(
+        description=(
+            "The dataset manifest (dataset.yaml), absolute or relative to the folder that the "
+            "study starts in; stored as an absolute path."
+        ),
+    )
+    seed: int = Field(0, ge=0, description="Seed of the random split when the manifest names no split column.")
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of rows held out when the manifest names no split column."
+    )
+
+    @field_validator("manifest", mode="after")
+    @classmethod
+    def _check_manifest(cls, value: str) -> str:
+        from dssl.data.manifest import load_manifest
+        from dssl.data.parquet import DatasetValidationError
+
+        path = Path(value).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(
+                f"no manifest at {str(path)!r}; write one with 'dssl data synthetic|digits|convert "
+                "--out DIR' (it writes DIR/dataset.yaml) or correct the path"
+            )
+        try:
+            load_manifest(path)
+        except DatasetValidationError as error:
+            raise ValueError(f"the manifest {str(path)!r} is invalid: {error}") from None
+        return str(path)
+
+
 def _data_kind(value: Any) -> str | None:
     """Pick the data variant; a mapping without ``kind`` is synthetic."""
     if isinstance(value, Mapping):
@@ -450,7 +494,11 @@ def _data_kind(value: Any) -> str | None:
 
 # Each variant dumps exactly the keyword arguments of its dataset builder (kind excluded).
 DataSpec = Annotated[
-    Union[Annotated[SyntheticDataSpec, Tag("synthetic")], Annotated[DigitsDataSpec, Tag("digits")]],
+    Union[
+        Annotated[SyntheticDataSpec, Tag("synthetic")],
+        Annotated[DigitsDataSpec, Tag("digits")],
+        Annotated[ParquetDataSpec, Tag("parquet")],
+    ],
     Discriminator(_data_kind),
 ]
 # --------------------------------------------------------------------------------------------
