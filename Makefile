@@ -12,7 +12,7 @@ CLUSTER_CPUS ?= $(shell nproc)
 export RAY_AUTH_MODE ?= token
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup test study smoke ui cluster-up cluster-down job-smoke benchmark clean
+.PHONY: setup test study smoke data ui cluster-up cluster-down job-smoke benchmark clean
 
 setup: $(STAMP)
 
@@ -29,11 +29,15 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-study: $(STAMP)
+study: $(STAMP) data
 	$(BIN)/dssl run $(STUDY)
 
 smoke: $(STAMP)
 	$(BIN)/dssl run studies/smoke.yaml
+
+# The datasets that studies of kind parquet read: the two-view digits for studies/digits-two-view.yaml.
+data: $(STAMP)
+	test -f data/digits-two-view/dataset.yaml || $(BIN)/dssl data digits --out data/digits-two-view
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DB) --host 127.0.0.1 --port $(UI_PORT)

@@ -26,3 +26,23 @@ def local_ray() -> Iterator[None]:
         ensure_ray(num_cpus=2)
     yield
     ray.shutdown()
+
+
+DIGITS_MANIFEST = REPO_ROOT / "data" / "digits-two-view" / "dataset.yaml"
+
+
+@pytest.fixture(scope="session")
+def digits_manifest() -> Path:
+    """Write the two-view digits once, where studies/digits-two-view.yaml reads them (``make data``)."""
+    if not DIGITS_MANIFEST.is_file():
+        from dssl.cli import main
+
+        assert main(["data", "digits", "--out", str(DIGITS_MANIFEST.parent), "--overwrite"]) == 0
+    return DIGITS_MANIFEST
+
+
+@pytest.fixture()
+def in_repo_root(digits_manifest: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run from the repository root, the folder that shipped studies resolve data paths against."""
+    monkeypatch.chdir(REPO_ROOT)
+    return REPO_ROOT

@@ -102,7 +102,7 @@ def test_shipped_studies_present() -> None:
 
 
 @pytest.mark.parametrize("path", SHIPPED_STUDIES, ids=[path.stem for path in SHIPPED_STUDIES])
-def test_shipped_study_loads(path: Path) -> None:
+def test_shipped_study_loads(path: Path, in_repo_root: Path) -> None:
     spec = load_study(path)
 
     assert spec.name == path.stem
@@ -112,7 +112,7 @@ def test_shipped_study_loads(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", SHIPPED_STUDIES, ids=[path.stem for path in SHIPPED_STUDIES])
-def test_shipped_study_round_trips(path: Path, tmp_path: Path) -> None:
+def test_shipped_study_round_trips(path: Path, tmp_path: Path, in_repo_root: Path) -> None:
     spec = load_study(path)
     dumped = tmp_path / "resolved.yaml"
     dumped.write_text(dump_resolved_yaml(spec), encoding="utf-8")
@@ -162,13 +162,15 @@ def test_figure4a_study_grid() -> None:
     assert (spec.method.step1.epochs, spec.method.step1.lr) == (50, 1e-4)
 
 
-def test_digits_study_settings() -> None:
+def test_digits_study_settings(in_repo_root: Path) -> None:
     spec = load_study(STUDIES_DIR / "digits-two-view.yaml")
 
-    assert spec.data.kind == "digits"
+    assert spec.data.kind == "parquet"
+    assert spec.data.manifest == str(in_repo_root / "data" / "digits-two-view" / "dataset.yaml")
     assert not hasattr(spec.data, "n_samples")
     assert spec.search.metric == "probe/shared/digit"
-    assert set(spec.search.space) == {"step1.beta", "step2.lambda"}
+    assert [set(block) for block in spec.search.grids] == [{"name", "step1.beta", "step2.lambda"}, {"name"}]
+    assert grid_size(spec) == (3 * 2 + 1) * 3
 
 
 # --------------------------------------------------------------------------------------------
