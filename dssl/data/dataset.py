@@ -95,37 +95,42 @@ class PairedDataset:
         return self.x1[index], self.x2[index], labels
 
     def shard_indices(self, rank: int, world_size: int, seed: int) -> np.ndarray:
-        """Compute the training rows assigned to one data-parallel worker.
+        """Compute the training rows assigned to one data-parallel worker (see :func:`shard_rows`)."""
+        return shard_rows(self.train_index, rank, world_size, seed)
 
-        The training indices are permuted with ``numpy.random.default_rng(seed)`` and cut into
-        ``world_size`` contiguous shards of ``len(train_index) // world_size`` rows. The remainder
-        (fewer than ``world_size`` rows) is dropped so that every worker runs the same number of
-        steps. All ranks must pass the same ``seed`` to get disjoint shards.
 
-        Args:
-            rank: Worker index in ``[0, world_size)``.
-            world_size: Number of workers, at least 1.
-            seed: Seed of the permutation shared by all workers.
+def shard_rows(train_index: np.ndarray, rank: int, world_size: int, seed: int) -> np.ndarray:
+    """Compute the training rows assigned to one data-parallel worker.
 
-        Returns:
-            Row indices into the full arrays, shape ``(len(train_index) // world_size,)``, int64,
-            in permuted order.
-        """
-        if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) or world_size < 1:
-            raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}.")
-        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be an integer in [0, {world_size}), got {rank!r}.")
+    The training indices are permuted with ``numpy.random.default_rng(seed)`` and cut into
+    ``world_size`` contiguous shards of ``len(train_index) // world_size`` rows. The remainder
+    (fewer than ``world_size`` rows) is dropped so that every worker runs the same number of
+    steps. All ranks must pass the same ``seed`` to get disjoint shards.
 
-        shard_size = self.train_index.size // world_size
-        if shard_size == 0:
-            raise ValueError(
-                f"The training split has {self.train_index.size} rows, fewer than world_size={world_size}. "
-                "Use fewer workers."
-            )
+    Args:
+        train_index: Row indices of the training split, shape ``(n_train,)``.
+        rank: Worker index in ``[0, world_size)``.
+        world_size: Number of workers, at least 1.
+        seed: Seed of the permutation shared by all workers.
 
-        permuted = np.random.default_rng(seed).permutation(self.train_index)
-        start = int(rank) * shard_size
-        return permuted[start : start + shard_size]
+    Returns:
+        Row indices, shape ``(n_train // world_size,)``, int64, in permuted order.
+    """
+    if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) or world_size < 1:
+        raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}.")
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be an integer in [0, {world_size}), got {rank!r}.")
+
+    shard_size = train_index.size // world_size
+    if shard_size == 0:
+        raise ValueError(
+            f"The training split has {train_index.size} rows, fewer than world_size={world_size}. "
+            "Use fewer workers."
+        )
+
+    permuted = np.random.default_rng(seed).permutation(train_index)
+    start = int(rank) * shard_size
+    return permuted[start : start + shard_size]
 
 
 def load_dataset(kind: str, **options: Any) -> PairedDataset:

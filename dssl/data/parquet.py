@@ -69,6 +69,7 @@ __all__ = [
     "read_dataset",
     "read_rows",
     "read_split",
+    "read_view",
     "validate_dataset",
     "write_paired_dataset",
 ]
@@ -1404,6 +1405,47 @@ def read_rows(manifest: ManifestLike, rows: np.ndarray) -> tuple[np.ndarray, np.
     # unvalidated files surface as pyarrow or NumPy errors without the file and row.
     x1, x2, labels, _ = _gather(manifest, parquets, rows, classes, with_latents=False)
     return x1, x2, labels
+
+
+def read_view(manifest: ManifestLike, train_rows: np.ndarray, test_rows: np.ndarray) -> PairedDataset:
+    """Read only the given training and held-out rows, as a dataset of their own.
+
+    A data-parallel worker calls this with its shard and the held-out rows its diagnostics use,
+    so it holds those rows rather than the whole dataset. Row ``i`` of the result is global row
+    ``train_rows[i]`` for ``i < len(train_rows)``, then the rows of ``test_rows`` follow. Like
+    :func:`read_rows`, it does not validate the data.
+
+    Args:
+        manifest: Manifest path or a loaded :class:`DatasetManifest`.
+        train_rows: Global rows of the view's training split, shape ``(n_train,)``, non-empty.
+        test_rows: Global rows of the view's held-out split, shape ``(n_test,)``, disjoint from
+            ``train_rows``.
+
+    Returns:
+        A :class:`PairedDataset` of ``n_train + n_test`` rows with latents, whose ``train_index``
+        is ``0 .. n_train - 1`` and ``test_index`` the rest.
+    """
+    manifest = _as_manifest(manifest)
+    train_rows = np.asarray(train_rows, dtype=np.int64)
+    test_rows = np.asarray(test_rows, dtype=np.int64)
+    rows = np.concatenate([train_rows, test_rows])
+    parquets = _open_all(manifest)
+    n_rows = sum(parquet.metadata.num_rows for _, parquet in parquets)
+    if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
+        raise ValueError(
+            f"rows have values in [{int(rows.min())}, {int(rows.max())}], outside the dataset's range [0, {n_rows})."
+        )
+    classes = _string_label_classes(manifest, parquets)
+    x1, x2, labels, latents = _gather(manifest, parquets, rows, classes, with_latents=True)
+    return PairedDataset(
+        x1=x1,
+        x2=x2,
+        labels=labels,
+        latents=latents,
+        train_index=np.arange(train_rows.size, dtype=np.int64),
+        test_index=np.arange(train_rows.size, rows.size, dtype=np.int64),
+        name=manifest.name,
+    )
 
 
 def _open_all(manifest: DatasetManifest) -> list[tuple[str, pq.ParquetFile]]:

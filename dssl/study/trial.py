@@ -248,6 +248,26 @@ def _mi_diagnostics_settings(spec: StudySpec, trial_id: str) -> MIDiagnosticsSet
     )
 
 
+def _worker_data(spec: StudySpec, dataset_ref: Any) -> dict[str, Any]:
+    """Tell Train workers where their rows come from.
+
+    With Parquet data each worker reads its own shard and the held-out rows its diagnostics use
+    (``dssl.train.worker``), so no worker holds the whole dataset. Built-in datasets are shared
+    through the object store.
+    """
+    if spec.data.kind != "parquet":
+        return {"dataset_ref": dataset_ref}
+    held_out = max(spec.eval.diagnostics_samples, spec.eval.mi_eval_samples)
+    return {
+        "data_view": {
+            "manifest": spec.data.manifest,
+            "test_fraction": spec.data.test_fraction,
+            "seed": spec.data.seed,
+            "held_out_rows": held_out,
+        }
+    }
+
+
 def _train_with_trainer(
     dataset: PairedDataset,
     method: MethodSpec,
@@ -272,7 +292,7 @@ def _train_with_trainer(
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
-            "dataset_ref": context.dataset_ref,
+            **_worker_data(context.spec, context.dataset_ref),
             "method": method.model_dump(),
             "seed": seed,
             "pretrained_ref": None if step1.pretrained is None else ray.put(step1.pretrained),

@@ -16,6 +16,8 @@ import ray.train
 import torch
 from ray.train.torch import get_device
 
+from dssl.data.dataset import PairedDataset, shard_rows
+from dssl.data.parquet import read_split, read_view
 from dssl.eval.mi_diagnostics import MIDiagnosticsSettings
 from dssl.study.schema import MethodSpec
 from dssl.train.checkpoint import load_state, save_state
@@ -25,10 +27,31 @@ from dssl.train.loop import TrainingState, train_trial
 logger = logging.getLogger(__name__)
 
 
+def _read_worker_view(view: dict[str, Any], parallel: DataParallelContext, seed: int) -> PairedDataset:
+    """Read this worker's shard of a Parquet dataset and the first held-out rows, nothing else.
+
+    The shard is the one :meth:`PairedDataset.shard_indices` gives for the whole dataset, so
+    training is the same as when every worker gets the whole dataset from the object store.
+    """
+    train_index, test_index = read_split(view["manifest"], test_fraction=view["test_fraction"], seed=view["seed"])
+    shard = shard_rows(train_index, parallel.rank, parallel.world_size, seed)
+    held_out = test_index[: int(view["held_out_rows"])]
+    dataset = read_view(view["manifest"], shard, held_out)
+    logger.info(
+        "worker %d read %d training and %d held-out rows of %s",
+        parallel.rank,
+        shard.size,
+        held_out.size,
+        view["manifest"],
+    )
+    return dataset
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Train one trial on this Ray Train worker.
 
-    ``config`` keys: ``dataset_ref`` (an ObjectRef of a PairedDataset), ``method`` (a dict of
+    ``config`` keys: ``dataset_ref`` (an ObjectRef of a PairedDataset) or ``data_view`` (a
+    Parquet manifest and split settings, from which the worker reads only its rows), ``method`` (a dict of
     :class:`MethodSpec`), ``seed``, ``diagnostics_samples``, ``threads`` and ``pretrained_ref``
     (an ObjectRef of step-1 states to load instead of training step 1, or None) and
     ``mi_diagnostics`` (the fields of :class:`MIDiagnosticsSettings`, or None).
@@ -38,10 +61,14 @@ def train_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config["threads"])))
     device = get_device() if torch.cuda.is_available() else torch.device("cpu")
 
-    dataset = ray.get(config["dataset_ref"])
     method = MethodSpec.model_validate(config["method"])
     seed = int(config["seed"])
-    shard = dataset.shard_indices(parallel.rank, parallel.world_size, seed)
+    if "data_view" in config:
+        dataset = _read_worker_view(config["data_view"], parallel, seed)
+        shard = dataset.train_index
+    else:
+        dataset = ray.get(config["dataset_ref"])
+        shard = dataset.shard_indices(parallel.rank, parallel.world_size, seed)
 
     resume_from = None
     checkpoint = ray.train.get_checkpoint()
