@@ -32,7 +32,7 @@ def synthetic_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_paired_dataset(make_synthetic(**SYNTHETIC), folder, rows_per_file=1100, row_group_size=256)
 
 
-def test_worker_views_are_disjoint_shards_of_the_training_split(synthetic_manifest: Path) -> None:
+def test_worker_views_disjoint_shards(synthetic_manifest: Path) -> None:
     dataset = make_synthetic(**SYNTHETIC)
     view = {"manifest": str(synthetic_manifest), "test_fraction": 0.2, "seed": 1, "held_out_rows": 300}
     train_index, test_index = read_split(synthetic_manifest, test_fraction=0.2, seed=1)
@@ -43,7 +43,7 @@ def test_worker_views_are_disjoint_shards_of_the_training_split(synthetic_manife
     assert not set(shards[0]) & set(shards[1])
     assert len(set(shards[0]) | set(shards[1])) == 2 * (dataset.train_index.size // 2)
     for worker, shard in zip(views, shards):
-        # The worker holds its shard and the first held-out rows, and nothing else.
+        # The worker keeps its shard and the first held-out rows, and nothing else.
         assert worker.n_samples == shard.size + 300
         np.testing.assert_array_equal(worker.x1[worker.train_index], dataset.x1[shard])
         np.testing.assert_array_equal(worker.x2[worker.train_index], dataset.x2[shard])
@@ -82,7 +82,7 @@ def _only_child(uri: str, experiment: str) -> Any:
 
 
 @pytest.mark.slow
-def test_two_worker_trial_on_parquet_trains_as_on_the_object_store(
+def test_parquet_two_workers_match_memory(
     local_ray: None, synthetic_manifest: Path, tmp_path: Path
 ) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -1411,7 +1411,7 @@ def read_view(manifest: ManifestLike, train_rows: np.ndarray, test_rows: np.ndar
     """Read only the given training and held-out rows, as a dataset of their own.
 
     A data-parallel worker calls this with its shard and the held-out rows its diagnostics use,
-    so it holds those rows rather than the whole dataset. Row ``i`` of the result is global row
+    so it keeps those rows in memory rather than the whole dataset. Row ``i`` of the result is global row
     ``train_rows[i]`` for ``i < len(train_rows)``, then the rows of ``test_rows`` follow. Like
     :func:`read_rows`, it does not validate the data.
 

@@ -992,9 +992,9 @@ def _annotate_groups(
 ) -> None:
     """Label points that follow a curve, giving neighbouring points one shared label.
 
-    Successive labels alternate above and below their point, and labels in the right half of
-    ``extent`` (every plotted point; these points by default) sit to the left of the point, so
-    that none runs off the axes.
+    Successive labels alternate above and below their point. Labels in the right half of
+    ``extent`` sit to the left of their point, so that none runs off the axes. ``extent`` should
+    span every plotted point, and defaults to the span of these points.
     """
     extent = extent or _extent(xs, ys)
     middle = (extent[0] + extent[1]) / 2

@@ -252,7 +252,7 @@ def _worker_data(spec: StudySpec, dataset_ref: Any) -> dict[str, Any]:
     """Tell Train workers where their rows come from.
 
     With Parquet data each worker reads its own shard and the held-out rows its diagnostics use
-    (``dssl.train.worker``), so no worker holds the whole dataset. Built-in datasets are shared
+    (``dssl.train.worker``), so no worker keeps the whole dataset in memory. Built-in datasets are shared
     through the object store.
     """
     if spec.data.kind != "parquet":
