@@ -64,6 +64,30 @@ def test_key_ignores_step2_settings() -> None:
     assert step1_key(spec, spec.method, 0) != step1_key(spec, spec.method, 1)
 
 
+def test_key_follows_rewritten_parquet_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from dssl.cli import main
+
+    assert main(["data", "synthetic", "--out", str(tmp_path / "d"), "--n-samples", "1000", "--x-dim", "4", "--latent-dim", "2"]) == 0
+    study = _study("keys-parquet", 1)
+    study["data"] = {"kind": "parquet", "manifest": str(tmp_path / "d" / "dataset.yaml")}
+    spec = validate_study(study)
+    before = step1_key(spec, spec.method, 0)
+    assert step1_key(spec, spec.method, 0) == before
+
+    # The same path with rewritten rows: the key must change, or a later study would load a
+    # step-1 model trained on the old rows.
+    assert main(["data", "synthetic", "--out", str(tmp_path / "d"), "--n-samples", "1000", "--x-dim", "4",
+                 "--latent-dim", "2", "--seed", "5", "--overwrite"]) == 0  # fmt: skip
+    # A file system with coarse timestamps can give a rewrite within the same tick the same
+    # modification time, so the test moves it on by 1 ms as any later rewrite would.
+    data_file = tmp_path / "d" / "data.parquet"
+    stat = data_file.stat()
+    os.utime(data_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert step1_key(spec, spec.method, 0) != before
+
+
 @pytest.mark.slow
 def test_lambda_grid_trains_step1_once(local_ray: None, tmp_path: Path) -> None:
     client, runs = _run(tmp_path, _study("reuse-a", max_concurrent=2))

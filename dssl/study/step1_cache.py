@@ -3,9 +3,9 @@
 Step 2 of DisentangledSSL freezes the step-1 model, so every trial that differs from another
 only in step-2 settings (lambda, the overlap penalty, step-2 epochs) can start from the same
 step-1 model. A trial's *step-1 key* hashes everything that determines that model. That is the
-data section of the study, the method settings outside ``step2`` and the other methods'
-sections, the seed, and the number of data-parallel workers, because each worker trains on its
-own shard.
+data section of the study (with the size and modification time of a Parquet dataset's files),
+the method settings outside ``step2`` and the other methods' sections, the seed, and the number
+of data-parallel workers, because each worker trains on its own shard.
 
 The MLflow tracking store is the catalogue. The run that trains a step-1 model logs it as the
 artifact ``checkpoints/step1.pt`` and then sets the tag ``dssl.step1_key``. A later trial with
@@ -45,7 +45,7 @@ STEP1_ARTIFACT = "checkpoints/step1.pt"
 # Method sections that never influence the step-1 model.
 _NOT_STEP1_SECTIONS = ("step2", "joint_opt", "focal", "dmvae")
 # Version of the key recipe; bump it when the step-1 training changes incompatibly.
-_KEY_VERSION = 1
+_KEY_VERSION = 2
 
 
 def step1_key(spec: StudySpec, method: MethodSpec, seed: int) -> str:
@@ -69,12 +69,34 @@ def step1_key(spec: StudySpec, method: MethodSpec, seed: int) -> str:
     payload = {
         "version": _KEY_VERSION,
         "data": spec.data.model_dump(mode="json"),
+        "data_files": _data_file_stamps(spec),
         "method": method_settings,
         "seed": int(seed),
         "num_workers": spec.resources.num_workers,
     }
     encoded = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(encoded).hexdigest()
+
+
+def _data_file_stamps(spec: StudySpec) -> list[list[Any]]:
+    """Return the size and modification time of the manifest and each data file of a Parquet dataset.
+
+    The ``data`` section names a manifest by path only. Rewriting the files at that path (for
+    example with ``dssl data ... --overwrite``) changes their stamps and so the step-1 key, and
+    a later study trains a new step-1 model instead of loading one trained on the old rows.
+    Built-in datasets are fully described by the ``data`` section and have no stamps.
+    """
+    if spec.data.kind != "parquet":
+        return []
+    from dssl.data.manifest import load_manifest
+
+    manifest_path = Path(spec.data.manifest)
+    paths = [manifest_path, *load_manifest(manifest_path).file_paths()]
+    stamps = []
+    for path in paths:
+        stat = path.stat()
+        stamps.append([str(path), stat.st_size, stat.st_mtime_ns])
+    return stamps
 
 
 def find_step1_run(client: MlflowClient, key: str) -> str | None:
