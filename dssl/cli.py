@@ -7,6 +7,7 @@ Exit status: 0 on success, 2 for an invalid study file or argument (nothing was 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -207,7 +208,7 @@ def _write_synthetic(args: argparse.Namespace) -> Path:
 
     from dssl.data.parquet import write_paired_dataset
     from dssl.data.synthetic import make_synthetic
-    from dssl.study.schema import SyntheticDataSpec
+    from dssl.study.schema import SyntheticDataSpec, _problems_from_error
 
     options = {
         "n_samples": args.n_samples,
@@ -221,8 +222,14 @@ def _write_synthetic(args: argparse.Namespace) -> Path:
     }
     try:
         spec = SyntheticDataSpec.model_validate({key: value for key, value in options.items() if value is not None})
-    except (ValidationError, ValueError) as error:
-        raise _DataInputError(f"invalid synthetic settings: {error}") from None
+    except ValidationError as error:
+        # Each problem names the field; shown as the option that sets it (n_samples -> --n-samples).
+        problems = []
+        for problem in _problems_from_error(error):
+            option = "--" + problem.field.split(".")[0].replace("_", "-")
+            renamed = dataclasses.replace(problem, field=option)
+            problems.append(renamed.render())
+        raise _DataInputError("invalid synthetic settings:\n  " + "\n  ".join(problems)) from None
     dataset = make_synthetic(**spec.model_dump(exclude={"kind"}))
     return write_paired_dataset(dataset, args.out, layout=args.layout)
 

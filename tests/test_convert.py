@@ -562,3 +562,19 @@ def test_csv_caps_rows_per_problem(tmp_path: Path) -> None:
     assert "column 'a_0', line 2: empty cell" in problems[0]
     assert "column 'a_0', line 6: empty cell" in problems[4]
     assert "3 more rows with the same problem" in problems[5]
+
+
+def test_single_class_label_writes_nothing(tmp_path: Path) -> None:
+    rows = ["id,a_0,a_1,b_0,label"] + [f"{i},{i}.5,1,2,alpha" for i in range(20)]
+    source = tmp_path / "one_class.csv"
+    source.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+
+    with pytest.raises(ConversionError) as error:
+        convert_csv(source, out, x1_prefix="a_", x2_prefix="b_", label_columns=["label"], id_column="id")
+    message = str(error.value)
+    assert "one_class.csv" in message
+    assert "'label'" in message
+    assert "single class 'alpha'" in message
+    assert not out.exists()
+    assert not [path for path in tmp_path.iterdir() if path.name.endswith(".converting")]

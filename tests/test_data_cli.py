@@ -51,7 +51,7 @@ def test_synthetic_written_equals_generator(tmp_path: Path) -> None:
 def test_synthetic_bad_setting_names_it(tmp_path: Path) -> None:
     result = _dssl("data", "synthetic", "--out", "s", "--n-samples", "10", cwd=tmp_path)
     assert result.returncode == 2
-    assert "n_samples" in result.stderr
+    assert "--n-samples: must be >= 1000 (got 10)" in result.stderr
     assert "1000" in result.stderr
     assert not (tmp_path / "s").exists()
 

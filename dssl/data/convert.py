@@ -596,7 +596,7 @@ def _write_into_place(
 ) -> Path:
     """Write the dataset into a temporary sibling folder, then rename it to ``out_path``."""
     # Imported here because dssl.data.parquet is a larger module that the parsing helpers do not need.
-    from dssl.data.parquet import write_paired_dataset
+    from dssl.data.parquet import DatasetValidationError, validate_dataset, write_paired_dataset
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".converting", dir=out_path.parent))
@@ -615,6 +615,14 @@ def _write_into_place(
             raise ConversionError(
                 [f"{source.where(None, None)}: writing the dataset failed: {error}"]
             ) from error
+        # The written files get the checks a study runs (a label with a single class, for
+        # example), so an input that no study could use never reaches out_dir.
+        try:
+            validate_dataset(manifest)
+        except DatasetValidationError as error:
+            raise ConversionError(
+                [f"{source.where(problem.column, None)}: {problem.message}" for problem in error.problems]
+            ) from None
 
         # Checked again because another process may have filled out_dir during the conversion.
         _check_out_dir(out_path, source.path, overwrite)
