@@ -154,7 +154,8 @@ def _step_block(
     parallel = DataParallelContext()
 
     def run_block() -> dict[str, float]:
-        return _run_epoch(model, parameters, optimizer, batches, parallel)
+        terms, _ = _run_epoch(model, parameters, optimizer, batches, parallel)
+        return terms
 
     return run_block, method.batch_size * len(batches)
 

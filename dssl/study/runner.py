@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import ray
 from mlflow.exceptions import MlflowException
@@ -130,14 +131,39 @@ def build_dataset(spec: StudySpec) -> PairedDataset:
     """
     from dssl.data.parquet import DatasetValidationError
 
-    options = spec.data.model_dump(exclude={"kind"})
+    options = spec.data.model_dump(exclude={"kind", "streaming"})
     try:
+        if spec.data.kind == "parquet" and spec.data.streaming:
+            return _evaluation_rows(spec)
         return load_dataset(spec.data.kind, **options)
     except DatasetValidationError as error:
         raise InvalidStudyInputError(
             f"the dataset {options.get('manifest')!r} failed validation, so nothing was started:\n{error}\n"
             "Fix the files or the manifest; 'dssl data validate MANIFEST' runs the same checks."
         ) from None
+
+
+def _evaluation_rows(spec: StudySpec) -> PairedDataset:
+    """Validate a streamed dataset and read only the rows that evaluation needs.
+
+    Those are ``eval.probe_max_train_samples`` training rows, drawn with the data seed, and every
+    held-out row. Training reads its rows through Ray Data (:mod:`dssl.data.streaming`).
+    """
+    from dssl.data.parquet import read_split, read_view, validate_dataset
+
+    manifest = spec.data.manifest
+    validate_dataset(manifest)
+    train_index, test_index = read_split(manifest)
+    count = min(int(spec.eval.probe_max_train_samples), train_index.size)
+    probe_rows = np.sort(np.random.default_rng(spec.data.seed).choice(train_index, size=count, replace=False))
+    logger.info(
+        "streaming %s: %d training rows stay on disk; evaluation reads %d of them and %d held-out rows",
+        manifest,
+        train_index.size,
+        count,
+        test_index.size,
+    )
+    return read_view(manifest, probe_rows, test_index)
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:

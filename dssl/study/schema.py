@@ -465,6 +465,13 @@ class ParquetDataSpec(_Spec):
     test_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="Share of rows held out when the manifest names no split column."
     )
+    streaming: bool = Field(
+        False,
+        description=(
+            "Stream the training rows through Ray Data instead of reading the dataset into memory, "
+            "for datasets larger than memory. Needs a split column and eval.probe_max_train_samples."
+        ),
+    )
 
     @field_validator("manifest", mode="after")
     @classmethod
@@ -1776,6 +1783,7 @@ class StudySpec(_Spec):
                 else:
                     message = f"must be a metric reported every epoch, one of {', '.join(sorted(per_epoch))}"
                 issues.append(_Issue(("search", "asha", "metric"), message, self.search.asha.metric))
+        issues += self._streaming_issues()
         workers = self.resources.num_workers
         if self.method.batch_size % workers != 0:
             message = (
@@ -1786,6 +1794,27 @@ class StudySpec(_Spec):
         if issues:
             _raise_issues(issues)
         return self
+
+
+    def _streaming_issues(self) -> list[_Issue]:
+        if self.data.kind != "parquet" or not self.data.streaming:
+            return []
+        from dssl.data.manifest import load_manifest
+
+        issues = []
+        if load_manifest(self.data.manifest).split is None:
+            message = (
+                "needs a manifest with a split column, because a stream has no row numbers for a "
+                f"random split; add one to {self.data.manifest} or set data.streaming: false"
+            )
+            issues.append(_Issue(("data", "streaming"), message, True))
+        if self.eval.probe_max_train_samples is None:
+            message = (
+                "must be set with data.streaming: true, because the probes are fitted on training "
+                "rows read into memory; e.g. 50000"
+            )
+            issues.append(_Issue(("eval", "probe_max_train_samples"), message, None))
+        return issues
 
 
 # --------------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         started = time.perf_counter()
         step1.prepare(method, seed)
         dataset = ray.get(context.dataset_ref)
-        if context.spec.resources.num_workers == 1:
+        if context.spec.resources.num_workers == 1 and not _streams(context.spec):
             models, last_metrics = _train_in_process(dataset, method, seed, context, tracker, run_id, step1)
         else:
             models, last_metrics = _train_with_trainer(dataset, method, seed, context, run_id, trial_id, step1)
@@ -248,12 +248,18 @@ def _mi_diagnostics_settings(spec: StudySpec, trial_id: str) -> MIDiagnosticsSet
     )
 
 
+def _streams(spec: StudySpec) -> bool:
+    """Return whether the study streams its training rows through Ray Data (``data.streaming``)."""
+    return spec.data.kind == "parquet" and spec.data.streaming
+
+
 def _worker_data(spec: StudySpec, dataset_ref: Any) -> dict[str, Any]:
     """Tell Train workers where their rows come from.
 
     With Parquet data each worker reads its own shard and the held-out rows its diagnostics use
-    (``dssl.train.worker``), so no worker keeps the whole dataset in memory. Built-in datasets are shared
-    through the object store.
+    (``dssl.train.worker``), so no worker keeps the whole dataset in memory. With streaming the
+    shard comes from Ray Data instead, and the worker reads only a training sample for the MI
+    diagnostics. Built-in datasets are shared through the object store.
     """
     if spec.data.kind != "parquet":
         return {"dataset_ref": dataset_ref}
@@ -264,6 +270,8 @@ def _worker_data(spec: StudySpec, dataset_ref: Any) -> dict[str, Any]:
             "test_fraction": spec.data.test_fraction,
             "seed": spec.data.seed,
             "held_out_rows": held_out,
+            "streaming": spec.data.streaming,
+            "sample_rows": max(spec.eval.mi_train_samples, spec.method.batch_size),
         }
     }
 
@@ -289,8 +297,15 @@ def _train_with_trainer(
     if use_gpu:
         per_worker["GPU"] = float(resources.gpus_per_worker)
 
+    datasets = {}
+    if _streams(context.spec):
+        from dssl.data.streaming import TRAIN_DATASET, training_rows
+
+        datasets[TRAIN_DATASET] = training_rows(context.spec.data.manifest)
+
     trainer = TorchTrainer(
         train_worker,
+        datasets=datasets or None,
         train_loop_config={
             **_worker_data(context.spec, context.dataset_ref),
             "method": method.model_dump(),

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -88,6 +88,8 @@ class TrainedModels:
 
 
 EpochCallback = Callable[[int, dict[str, float], TrainingState], None]
+BatchSource = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+"""Returns the ``(x1, x2)`` batches of one epoch, given the epoch number (see ``train_trial``)."""
 
 
 def total_epochs(method: MethodSpec) -> int:
@@ -149,12 +151,13 @@ def _run_epoch(
     model: PhaseModel,
     parameters: list[torch.nn.Parameter],
     optimizer: torch.optim.Optimizer,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     parallel: DataParallelContext,
-) -> dict[str, float]:
-    """Train one epoch and return the mean of each loss term over this worker's batches."""
+) -> tuple[dict[str, float], int]:
+    """Train one epoch; return the mean of each loss term over this worker's batches and their count."""
     model.train()
     sums: dict[str, torch.Tensor] = {}
+    count = 0
     for x1, x2 in batches:
         terms = model.loss_terms(x1, x2, parallel)
         optimizer.zero_grad(set_to_none=True)
@@ -164,8 +167,8 @@ def _run_epoch(
         for name, value in terms.items():
             detached = value.detach()
             sums[name] = sums[name] + detached if name in sums else detached
-    count = max(1, len(batches))
-    return {name: float(value) / count for name, value in sums.items()}
+        count += 1
+    return {name: float(value) / max(1, count) for name, value in sums.items()}, count
 
 
 def _mean_across_workers(terms: dict[str, float], parallel: DataParallelContext) -> dict[str, float]:
@@ -191,6 +194,7 @@ def train_trial(
     resume_from: TrainingState | None = None,
     pretrained: dict[str, dict[str, Any]] | None = None,
     mi_diagnostics: MIDiagnosticsSettings | None = None,
+    train_batches: BatchSource | None = None,
 ) -> TrainedModels:
     """Train every phase of the trial's method on one data-parallel worker.
 
@@ -210,6 +214,11 @@ def train_trial(
             their epochs produce no metrics.
         mi_diagnostics: When and on which rows rank 0 fits the MI estimators and regresses the
             true latents after an epoch (:mod:`dssl.eval.mi_diagnostics`); ``None`` skips them.
+        train_batches: Where an epoch's batches come from when the training rows do not fit in
+            memory: called as ``train_batches(epoch)``, it returns this worker's ``(x1, x2)``
+            batches of ``batch_size / world_size`` rows on ``device``. Every worker must yield
+            the same number of batches. The rows of ``dataset``'s train split (or
+            ``shard_indices``) then only feed the MI diagnostics' training sample.
 
     Returns:
         The trained model of every phase.
@@ -270,9 +279,14 @@ def train_trial(
             _restore_optimizer(optimizer, scheduler, resume_from)
 
         for epoch in phase_epochs:
-            rng = _seed_epoch(seed, epoch, parallel.rank)
             started = time.perf_counter()
-            terms = _run_epoch(model, parameters, optimizer, _batches(x1, x2, local_batch, rng), parallel)
+            if train_batches is None:
+                batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = _batches(
+                    x1, x2, local_batch, _seed_epoch(seed, epoch, parallel.rank)
+                )
+            else:
+                batches = train_batches(epoch)
+            terms, batch_count = _run_epoch(model, parameters, optimizer, batches, parallel)
             terms = _mean_across_workers(terms, parallel)
             _check_finite(terms, phase.name, epoch)
             elapsed = time.perf_counter() - started
@@ -286,7 +300,7 @@ def train_trial(
                     "step": float(index + 1),
                     f"{phase.name}/lr": learning_rate,
                     f"{phase.name}/samples_per_second": local_batch * parallel.world_size
-                    * (x1.shape[0] // local_batch) / max(elapsed, 1e-9),
+                    * batch_count / max(elapsed, 1e-9),
                 }
             )
             if parallel.is_main and x1_held_out.shape[0] > 0:

@@ -18,6 +18,7 @@ from ray.train.torch import get_device
 
 from dssl.data.dataset import PairedDataset, shard_rows
 from dssl.data.parquet import read_split, read_view
+from dssl.data.streaming import TRAIN_DATASET, shard_batches
 from dssl.eval.mi_diagnostics import MIDiagnosticsSettings
 from dssl.study.schema import MethodSpec
 from dssl.train.checkpoint import load_state, save_state
@@ -35,6 +36,9 @@ def _read_worker_view(view: dict[str, Any], parallel: DataParallelContext, seed:
     """
     train_index, test_index = read_split(view["manifest"], test_fraction=view["test_fraction"], seed=view["seed"])
     shard = shard_rows(train_index, parallel.rank, parallel.world_size, seed)
+    if view.get("streaming"):
+        # The training rows come from Ray Data; only the MI diagnostics' sample is read here.
+        shard = shard[: int(view["sample_rows"])]
     held_out = test_index[: int(view["held_out_rows"])]
     dataset = read_view(view["manifest"], shard, held_out)
     logger.info(
@@ -63,9 +67,18 @@ def train_worker(config: dict[str, Any]) -> None:
 
     method = MethodSpec.model_validate(config["method"])
     seed = int(config["seed"])
+    train_batches = None
     if "data_view" in config:
         dataset = _read_worker_view(config["data_view"], parallel, seed)
         shard = dataset.train_index
+        if config["data_view"].get("streaming"):
+            train_batches = shard_batches(
+                ray.train.get_dataset_shard(TRAIN_DATASET),
+                method.batch_size // parallel.world_size,
+                seed,
+                parallel.rank,
+                device,
+            )
     else:
         dataset = ray.get(config["dataset_ref"])
         shard = dataset.shard_indices(parallel.rank, parallel.world_size, seed)
@@ -97,4 +110,5 @@ def train_worker(config: dict[str, Any]) -> None:
         resume_from=resume_from,
         pretrained=None if config.get("pretrained_ref") is None else ray.get(config["pretrained_ref"]),
         mi_diagnostics=None if config.get("mi_diagnostics") is None else MIDiagnosticsSettings(**config["mi_diagnostics"]),
+        train_batches=train_batches,
     )
