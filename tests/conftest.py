@@ -11,6 +11,21 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Cache built-in datasets in a session folder instead of the user's ~/.cache."""
+    from dssl.data.builtin import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("data-cache")
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def local_ray() -> Iterator[None]:
     """Start a fresh two-CPU local Ray with its dashboard, and stop it after the session.

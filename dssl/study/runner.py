@@ -122,20 +122,36 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
             ) from error
 
 
+def dataset_manifest(spec: StudySpec) -> str:
+    """Return the manifest the study reads: its own for ``kind: parquet``, else a cached copy.
+
+    A built-in dataset (``synthetic``, ``digits``) is written once to the Parquet cache of
+    :mod:`dssl.data.builtin`, so every study reads Parquet files and Train workers read their
+    own shards for built-in and user data alike.
+    """
+    if spec.data.kind == "parquet":
+        return spec.data.manifest
+    from dssl.data.builtin import materialize
+
+    return str(materialize(spec.data.kind, spec.data.model_dump(exclude={"kind"})))
+
+
 def build_dataset(spec: StudySpec) -> PairedDataset:
-    """Build the study's dataset from its ``data`` section.
+    """Read the study's dataset, or with streaming only the rows that evaluation needs.
 
     Raises:
         InvalidStudyInputError: The Parquet files of a ``kind: parquet`` dataset fail validation;
             the message lists every problem with its file, column and row.
     """
-    from dssl.data.parquet import DatasetValidationError
+    from dssl.data.parquet import DatasetValidationError, read_dataset
 
     options = spec.data.model_dump(exclude={"kind", "streaming"})
     try:
         if spec.data.kind == "parquet" and spec.data.streaming:
             return _evaluation_rows(spec)
-        return load_dataset(spec.data.kind, **options)
+        if spec.data.kind == "parquet":
+            return load_dataset("parquet", **options)
+        return read_dataset(dataset_manifest(spec))
     except DatasetValidationError as error:
         raise InvalidStudyInputError(
             f"the dataset {options.get('manifest')!r} failed validation, so nothing was started:\n{error}\n"
@@ -369,6 +385,7 @@ def run_study(
         ensure_ray()
         context = TrialContext(
             spec=spec,
+            data_manifest=dataset_manifest(spec),
             tracking_uri=uri,
             experiment_name=experiment_name,
             parent_run_id=parent_run_id,

@@ -49,6 +49,7 @@ class TrialContext:
     dataset_ref: Any
     storage_path: str
     step1_coordinator: Any | None = None
+    data_manifest: str | None = None
 
 
 def trial_resources(spec: StudySpec) -> dict[str, float]:
@@ -253,24 +254,24 @@ def _streams(spec: StudySpec) -> bool:
     return spec.data.kind == "parquet" and spec.data.streaming
 
 
-def _worker_data(spec: StudySpec, dataset_ref: Any) -> dict[str, Any]:
+def _worker_data(spec: StudySpec, manifest: str | None, dataset_ref: Any) -> dict[str, Any]:
     """Tell Train workers where their rows come from.
 
     With Parquet data each worker reads its own shard and the held-out rows its diagnostics use
     (``dssl.train.worker``), so no worker keeps the whole dataset in memory. With streaming the
     shard comes from Ray Data instead, and the worker reads only a training sample for the MI
-    diagnostics. Built-in datasets are shared through the object store.
+    diagnostics. Without a manifest the workers get the whole dataset from the object store.
     """
-    if spec.data.kind != "parquet":
+    if manifest is None:
         return {"dataset_ref": dataset_ref}
     held_out = max(spec.eval.diagnostics_samples, spec.eval.mi_eval_samples)
     return {
         "data_view": {
-            "manifest": spec.data.manifest,
+            "manifest": manifest,
             "test_fraction": spec.data.test_fraction,
             "seed": spec.data.seed,
             "held_out_rows": held_out,
-            "streaming": spec.data.streaming,
+            "streaming": _streams(spec),
             "sample_rows": max(spec.eval.mi_train_samples, spec.method.batch_size),
         }
     }
@@ -307,7 +308,7 @@ def _train_with_trainer(
         train_worker,
         datasets=datasets or None,
         train_loop_config={
-            **_worker_data(context.spec, context.dataset_ref),
+            **_worker_data(context.spec, context.data_manifest, context.dataset_ref),
             "method": method.model_dump(),
             "seed": seed,
             "pretrained_ref": None if step1.pretrained is None else ray.put(step1.pretrained),
