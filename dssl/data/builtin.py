@@ -64,7 +64,7 @@ def materialize(kind: str, options: Mapping[str, Any]) -> Path:
         logger.info("%s dataset read from the cache %s", kind, folder)
         return manifest
 
-    # Written beside the final folder and renamed, so a concurrent study never sees half a dataset.
+    # Written beside the final folder and renamed, so a concurrent study never reads half a dataset.
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:

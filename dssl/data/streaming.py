@@ -35,7 +35,7 @@ TRAIN_DATASET = "train"
 """Name of the training dataset passed to the Ray Train trainer and read back with ``get_dataset_shard``."""
 
 SHUFFLE_BUFFER_ROWS = 16384
-"""Rows each worker mixes before it cuts a batch. Ray Data shards follow the files' row order."""
+"""Rows each worker mixes in a buffer before it cuts a batch from them."""
 
 
 def training_rows(manifest: str | DatasetManifest) -> ray.data.Dataset:
