@@ -1393,7 +1393,14 @@ def read_rows(manifest: ManifestLike, rows: np.ndarray) -> tuple[np.ndarray, np.
     if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
         raise ValueError(f"rows must be a 1-D integer array, got shape {rows.shape} and dtype {rows.dtype}.")
     rows = rows.astype(np.int64, copy=False)
+    x1, x2, labels, _ = _gather_rows(manifest, rows, with_latents=False)
+    return x1, x2, labels
 
+
+def _gather_rows(
+    manifest: DatasetManifest, rows: np.ndarray, *, with_latents: bool
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Check that ``rows`` lie in the dataset and read their features, labels and latents."""
     parquets = _open_all(manifest)
     n_rows = sum(parquet.metadata.num_rows for _, parquet in parquets)
     if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
@@ -1403,8 +1410,7 @@ def read_rows(manifest: ManifestLike, rows: np.ndarray) -> tuple[np.ndarray, np.
     classes = _string_label_classes(manifest, parquets)
     # NOTE: Only column presence is checked here. Null rows, ragged lists or a wrong list size in
     # unvalidated files surface as pyarrow or NumPy errors without the file and row.
-    x1, x2, labels, _ = _gather(manifest, parquets, rows, classes, with_latents=False)
-    return x1, x2, labels
+    return _gather(manifest, parquets, rows, classes, with_latents=with_latents)
 
 
 def read_view(manifest: ManifestLike, train_rows: np.ndarray, test_rows: np.ndarray) -> PairedDataset:
@@ -1429,14 +1435,7 @@ def read_view(manifest: ManifestLike, train_rows: np.ndarray, test_rows: np.ndar
     train_rows = np.asarray(train_rows, dtype=np.int64)
     test_rows = np.asarray(test_rows, dtype=np.int64)
     rows = np.concatenate([train_rows, test_rows])
-    parquets = _open_all(manifest)
-    n_rows = sum(parquet.metadata.num_rows for _, parquet in parquets)
-    if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
-        raise ValueError(
-            f"rows have values in [{int(rows.min())}, {int(rows.max())}], outside the dataset's range [0, {n_rows})."
-        )
-    classes = _string_label_classes(manifest, parquets)
-    x1, x2, labels, latents = _gather(manifest, parquets, rows, classes, with_latents=True)
+    x1, x2, labels, latents = _gather_rows(manifest, rows, with_latents=True)
     return PairedDataset(
         x1=x1,
         x2=x2,
