@@ -578,3 +578,17 @@ def test_single_class_label_writes_nothing(tmp_path: Path) -> None:
     assert "single class 'alpha'" in message
     assert not out.exists()
     assert not [path for path in tmp_path.iterdir() if path.name.endswith(".converting")]
+
+
+def test_fractional_label_column_rejected(tmp_path: Path) -> None:
+    rows = ["id,a_0,b_0,score"] + [f"{i},{i},{-i},{i / 7:.4f}" for i in range(20)]
+    source = tmp_path / "scores.csv"
+    source.write_text("\n".join(rows) + "\n")
+
+    with pytest.raises(ConversionError) as error:
+        convert_csv(source, tmp_path / "out", x1_prefix="a_", x2_prefix="b_", label_columns=["score"])
+    message = str(error.value)
+    assert "column 'score'" in message
+    assert "labels must be classes" in message
+    assert "(e.g. '0.0000')" in message
+    assert not (tmp_path / "out").exists()

@@ -668,9 +668,32 @@ def _encode_label(
         return None
     if parse_integers and _all_canonical_integers(strings):
         return strings.astype(np.int64), None
+    if parse_integers and _all_numbers(strings):
+        # A column of fractional numbers is a measurement, not a class; as text every value
+        # would become its own class.
+        problems.append(
+            f"{source.where(label_name, None)}: labels must be classes (integers or text), but every "
+            f"value is a number and some are not integers (e.g. {str(strings[~_integer_mask(strings)][0])!r}). "
+            "Bin or round the values into classes, or leave the column out of the labels."
+        )
+        return None
 
     _, codes = np.unique(strings, return_inverse=True)
     return codes.astype(np.int64), strings
+
+
+def _all_numbers(strings: np.ndarray) -> bool:
+    """Return whether every string parses as a finite or infinite decimal number."""
+    try:
+        strings.astype(np.float64)
+    except ValueError:
+        return False
+    return True
+
+
+def _integer_mask(strings: np.ndarray) -> np.ndarray:
+    """Return which strings are canonical integers (``-3``, ``17``; not ``1.0`` or ``007``)."""
+    return np.array([_CANONICAL_INTEGER.fullmatch(value) is not None for value in strings.tolist()], dtype=bool)
 
 
 def _validate_ids(
