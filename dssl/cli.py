@@ -273,13 +273,18 @@ def _write_digits(args: argparse.Namespace) -> Path:
     return write_paired_dataset(dataset, args.out, modality_names=("left", "right"), layout=args.layout)
 
 
+def _count(number: int, noun: str) -> str:
+    """Return ``"1 trial"`` or ``"3 trials"``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _validate(path: str) -> int:
     spec = load_study(path)
     from dssl.study.space import grid_size
 
     trials = grid_size(spec) if spec.search.algorithm == "grid" else spec.search.num_trials
     print(
-        f"{path}: valid study {spec.name!r}: {trials} trials, algorithm {spec.search.algorithm}, "
+        f"{path}: valid study {spec.name!r}: {_count(trials, 'trial')}, algorithm {spec.search.algorithm}, "
         f"{spec.resources.num_workers} worker(s) per trial"
     )
     return 0
@@ -290,7 +295,7 @@ def _run(path: str, tracking_uri: str | None, storage_path: str | None) -> int:
 
     outcome = run_study(path, tracking_uri=tracking_uri, storage_path=storage_path)
     print()
-    print(f"Study {outcome.name!r} finished: {outcome.trials} trials, {outcome.errors} failed.")
+    print(f"Study {outcome.name!r} finished: {_count(outcome.trials, 'trial')}, {outcome.errors} failed.")
     if outcome.best_config is not None:
         print(f"Best trial config: {outcome.best_config}")
         for name, value in sorted((outcome.best_metrics or {}).items()):

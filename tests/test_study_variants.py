@@ -65,6 +65,8 @@ def test_grid_with_asha(local_ray: None, tmp_path: Path) -> None:
             "space": {"step1.beta": {"type": "grid", "values": [0.01, 100.0]}},
         },
     )
+    # ASHA compares a step-1 diagnostic, which a trial that reuses a step-1 model never reports.
+    study["tracking"] = {"reuse_step1": False}
     outcome, client, children = _run(tmp_path, study)
 
     assert outcome.trials == 4
