@@ -94,3 +94,17 @@ def test_streamed_trial_trains(local_ray: None, manifest: Path, tmp_path: Path, 
     assert all(metric.value > 0 for metric in speeds)
     assert child.data.metrics["probe/shared/y_c"] > 0.55
     assert 0.0 < child.data.metrics["retrieval/x1_to_x2/mrr"] <= 1.0
+
+
+def test_block_features_both_layouts() -> None:
+    import pyarrow as pa
+
+    from dssl.data.manifest import ModalityColumns
+    from dssl.data.streaming import _features
+
+    values = np.arange(12, dtype=np.float32).reshape(4, 3)
+    listed = pa.table({"x": pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), 3)})
+    prefixed = pa.table({f"x_{i}": values[:, i] for i in range(3)})
+    np.testing.assert_array_equal(_features(listed, ModalityColumns(column="x", dim=3)), values)
+    np.testing.assert_array_equal(_features(prefixed, ModalityColumns(prefix="x_", dim=3)), values)
+    assert _features(prefixed, ModalityColumns(prefix="x_", dim=3)).dtype == np.float32

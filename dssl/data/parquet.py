@@ -1158,7 +1158,7 @@ def validate_dataset(manifest: ManifestLike) -> DatasetSummary:
             per kind, and a count of the rest). Row-level problems name the file, the column and
             the first bad row within the file (0-based), and count the bad rows of that file.
 
-    NOTE: The duplicate-id check holds all ids in memory (8 bytes per integer id plus string
+    NOTE: The duplicate-id check keeps all ids in memory (8 bytes per integer id plus string
     bytes), and the distinct values of each label are kept as a Python set.
     """
     manifest = _as_manifest(manifest)

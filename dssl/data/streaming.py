@@ -128,5 +128,5 @@ def _features(table: pa.Table, spec: ModalityColumns) -> np.ndarray:
         values = table.column(spec.column).combine_chunks()
         flat = values.flatten().to_numpy(zero_copy_only=False)
         return flat.astype(np.float32, copy=False).reshape(len(values), spec.dim)
-    stacked = [table.column(name).to_numpy() for name in spec.column_names()]
-    return np.stack(stacked, axis=1).astype(np.float32, copy=False) if stacked else np.empty((0, spec.dim), np.float32)
+    columns = [table.column(name).to_numpy() for name in spec.column_names()]
+    return np.stack(columns, axis=1).astype(np.float32, copy=False)
