@@ -49,9 +49,21 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--storage-path",
         default=None,
-        help="folder for Tune results, checkpoints and the Optuna database "
-        "(default: $DSSL_STORAGE_PATH, else ./dssl_results)",
+        help="folder or pyarrow.fs URI (s3://, gs://) for Tune results, checkpoints and the Optuna "
+        "database (default: $DSSL_STORAGE_PATH, else ./dssl_results)",
     )
+    _add_shared_storage(run)
+
+    resume = commands.add_parser(
+        "resume", help="finish a study whose driver stopped, from its folder under the storage path"
+    )
+    resume.add_argument("study_dir", help="the study's folder, <storage path>/<study name>-<date>-<time>")
+    resume.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: the one the study started with, which is stored without credentials)",
+    )
+    _add_shared_storage(resume)
 
     report = commands.add_parser(
         "report", help="write a study's results table and figures and log them to its MLflow parent run"
@@ -68,6 +80,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_data_commands(commands)
     return parser
+
+
+def _add_shared_storage(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shared-storage",
+        action="store_true",
+        help="the storage folder and a SQLite MLflow store lie on storage every node mounts (NFS); "
+        "without it, a multi-node cluster rejects local paths (also: DSSL_SHARED_STORAGE=1)",
+    )
 
 
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
@@ -290,10 +311,19 @@ def _validate(path: str) -> int:
     return 0
 
 
-def _run(path: str, tracking_uri: str | None, storage_path: str | None) -> int:
-    from dssl.study.runner import run_study
+def _run(args: argparse.Namespace) -> int:
+    from dssl.study.runner import resume_study, run_study
+    from dssl.study.storage import redact_uri
 
-    outcome = run_study(path, tracking_uri=tracking_uri, storage_path=storage_path)
+    if args.command == "resume":
+        outcome = resume_study(args.study_dir, tracking_uri=args.tracking_uri, shared_storage=args.shared_storage)
+    else:
+        outcome = run_study(
+            args.study,
+            tracking_uri=args.tracking_uri,
+            storage_path=args.storage_path,
+            shared_storage=args.shared_storage,
+        )
     print()
     print(f"Study {outcome.name!r} finished: {_count(outcome.trials, 'trial')}, {outcome.errors} failed.")
     if outcome.best_config is not None:
@@ -301,8 +331,9 @@ def _run(path: str, tracking_uri: str | None, storage_path: str | None) -> int:
         for name, value in sorted((outcome.best_metrics or {}).items()):
             print(f"  {name:<28} {value:.4f}")
     print(f"MLflow: experiment {outcome.experiment_name!r}, parent run {outcome.parent_run_id}")
-    print(f"  browse: mlflow ui --backend-store-uri {outcome.tracking_uri} --host 127.0.0.1")
-    print(f"Optuna: optuna-dashboard {outcome.optuna_storage}")
+    print(f"  browse: mlflow ui --backend-store-uri {redact_uri(outcome.tracking_uri)} --host 127.0.0.1")
+    if outcome.optuna_storage is not None:
+        print(f"Optuna: optuna-dashboard {outcome.optuna_storage}")
     print(f"Tune results and checkpoints: {outcome.results_path}")
     return 0 if outcome.errors == 0 else 1
 
@@ -314,8 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "validate":
             return _validate(args.study)
-        if args.command == "run":
-            return _run(args.study, args.tracking_uri, args.storage_path)
+        if args.command in ("run", "resume"):
+            return _run(args)
         if args.command == "report":
             return _report(args.study, args.tracking_uri, args.out, args.parent_run_id)
         if args.command == "data":

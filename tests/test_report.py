@@ -128,7 +128,7 @@ class _StudyWriter:
         self.count += 1
         method = resolve_method(self.spec, overrides)
         params = {**flatten_params(method), "seed": seed, "trial_id": trial_id, **_resource_params(self.spec)}
-        run_id = self.tracker.start_trial_run(self.parent_run_id, trial_id, f"run_trial_{trial_id}", params)
+        run_id = self.tracker.start_trial_run(self.parent_run_id, trial_id, f"run_trial_{trial_id}", params).run_id
         for epoch in range(1, STEP1_EPOCHS + 1):
             # The earlier epoch logs other values, so the report must read the latest one.
             scale = 1.0 if epoch == STEP1_EPOCHS else 0.5

@@ -12,7 +12,9 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import socket
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,13 +34,24 @@ from dssl.data.dataset import PairedDataset, load_dataset
 from dssl.study.schema import StudySpec, dump_resolved_yaml, load_study
 from dssl.study.step1_cache import Step1Coordinator
 from dssl.study.space import grid_size, make_define_by_run, make_sampler
-from dssl.study.tracking import TRIAL_ID_TAG, StudyTracker, resolve_tracking_uri
-from dssl.study.trial import TrialContext, run_trial, trial_resources
+from dssl.study.storage import (
+    StorageError,
+    StudyStorage,
+    check_reachable_from_all_nodes,
+    read_json,
+    redact_uri,
+    resolve_storage,
+    write_json,
+)
+from dssl.study.tracking import ERROR_TAG, TRIAL_ID_TAG, StudyTracker, resolve_tracking_uri
+from dssl.study.trial import CHECKPOINT_SCORE, TrialContext, run_trial, trial_resources
 from dssl.train.loop import total_epochs
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_STORAGE_PATH = "dssl_results"
+STUDY_RECORD = "dssl_study.json"
+"""The file in a study folder from which ``dssl resume`` restarts the study."""
+STUDY_FILE = "study.yaml"
 
 _API_SERVER_ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"
 _DEFAULT_DASHBOARD_PORT = 8265
@@ -57,6 +70,15 @@ _RAY_ENV_DEFAULTS = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 
+# The MLflow client retries a failed request 7 times with a backoff factor of 2 by default, for
+# about 4 minutes (observed). These values bound a tracking-server outage to about 20 s per call,
+# after which the trial fails and the study goes on. The environment overrides them.
+_MLFLOW_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class StudyOutcome:
@@ -67,7 +89,7 @@ class StudyOutcome:
     parent_run_id: str
     tracking_uri: str
     experiment_name: str
-    optuna_storage: str
+    optuna_storage: str | None
     results_path: str
     trials: int
     errors: int
@@ -75,26 +97,46 @@ class StudyOutcome:
     best_metrics: dict[str, float] | None
 
 
-def resolve_storage_path(path: str | os.PathLike | None) -> Path:
-    """Return the folder for Tune results: ``path``, ``DSSL_STORAGE_PATH`` or ``./dssl_results``."""
-    chosen = path or os.environ.get("DSSL_STORAGE_PATH") or DEFAULT_STORAGE_PATH
-    return Path(chosen).expanduser().resolve()
-
-
 class InvalidStudyInputError(ValueError):
     """Raised before any work starts when a command-line value or environment setting is invalid."""
 
 
-def _make_study_dir(storage: Path, run_name: str) -> Path:
-    study_dir = storage / run_name
+def _resolve_storage(path: str | os.PathLike | None) -> StudyStorage:
     try:
-        study_dir.mkdir(parents=True, exist_ok=True)
+        return resolve_storage(path)
+    except StorageError as error:
+        raise InvalidStudyInputError(str(error)) from None
+
+
+def _make_study_dir(storage: StudyStorage, run_name: str) -> StudyStorage:
+    study_dir = StudyStorage(storage.join(run_name), is_local=storage.is_local)
+    try:
+        filesystem, path = study_dir.filesystem()
+        filesystem.create_dir(path, recursive=True)
     except OSError as error:
         raise InvalidStudyInputError(
-            f"cannot create the results folder {study_dir}: {error.strerror}; pass --storage-path "
-            "(or set DSSL_STORAGE_PATH) to a writable folder"
+            f"cannot create the results folder {study_dir.describe()}: {error}; pass --storage-path "
+            "(or set DSSL_STORAGE_PATH) to a writable folder or bucket"
         ) from error
     return study_dir
+
+
+def _check_cluster_paths(storage: StudyStorage, tracking_uri: str, shared_storage: bool) -> None:
+    try:
+        check_reachable_from_all_nodes(storage, tracking_uri, shared_storage=shared_storage)
+    except StorageError as error:
+        raise InvalidStudyInputError(str(error)) from None
+
+
+def _optuna_url(study_dir: StudyStorage) -> str | None:
+    """Return the Optuna database beside the study's results, or ``None`` for an in-memory study.
+
+    SQLite needs a local file. With a URI storage path the Optuna study lives in memory and
+    travels inside Tune's searcher checkpoint, so ``dssl resume`` restores it all the same.
+    """
+    if not study_dir.is_local:
+        return None
+    return f"sqlite:///{Path(study_dir.uri) / 'optuna.db'}"
 
 
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
@@ -191,7 +233,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     Args:
         num_cpus: CPUs of a newly started local Ray (default: all of this machine's).
     """
-    for key, value in _RAY_ENV_DEFAULTS.items():
+    for key, value in {**_RAY_ENV_DEFAULTS, **_MLFLOW_RETRY_DEFAULTS}.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return
@@ -237,16 +279,63 @@ def _dashboard_port() -> int:
 
 
 class _FinalMetricOptunaSearch(OptunaSearch):
-    """OptunaSearch that skips per-epoch reports lacking the search metric.
+    """OptunaSearch that skips per-epoch reports lacking the search metric and records failures.
 
     Ray 2.60's ``OptunaSearch.on_trial_result`` indexes the metric in every report and raises
     ``KeyError`` for reports that lack it; here only the final report carries probe metrics.
+
+    A failed trial's reason, which Tune does not pass to a searcher, is read from the
+    ``dssl.error`` tag of its MLflow run and stored as the Optuna user attribute ``fail_reason``.
+    After ``dssl resume`` restores the searcher, Optuna trials that the killed driver had asked
+    for but Tune never recorded are marked failed, so they do not stay RUNNING.
     """
+
+    def __init__(self, *args: Any, tracking: tuple[str, str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (tracking URI, experiment, parent run id); a client is made on demand and not pickled.
+        self._tracking = tracking
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, str) and self.metric not in result:
             return
         super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            try:
+                self._ot_trials[trial_id].set_user_attr("fail_reason", self._failure_reason(trial_id))
+            except Exception:  # the searcher must go on even when the reason cannot be stored
+                logger.exception("could not store the failure reason of trial %s in Optuna", trial_id)
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _failure_reason(self, trial_id: str) -> str:
+        fallback = "the trial failed; see error.txt in its Tune trial folder"
+        if self._tracking is None:
+            return fallback
+        uri, experiment, parent_run_id = self._tracking
+        try:
+            tracker = StudyTracker(uri, experiment)
+            run_id = tracker.find_trial_run(parent_run_id, trial_id)
+            if run_id is None:
+                return fallback
+            return tracker.client.get_run(run_id).data.tags.get(ERROR_TAG, fallback)[:2000]
+        except Exception:
+            logger.warning("could not read the failure of trial %s from MLflow", trial_id, exc_info=True)
+            return fallback
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        known = {trial.number for trial in self._ot_trials.values()}
+        for frozen in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if frozen.number in known:
+                continue
+            self._ot_study._storage.set_trial_user_attr(
+                frozen._trial_id,
+                "fail_reason",
+                "the study driver stopped after Optuna proposed this trial and before Ray Tune started it",
+            )
+            self._ot_study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+            logger.info("Optuna trial %d was never started by Tune: marked FAIL", frozen.number)
 
 
 class _TrialRunCloser(tune.Callback):
@@ -259,10 +348,14 @@ class _TrialRunCloser(tune.Callback):
         self.tracker = tracker
         self.parent_run_id = parent_run_id
 
-    def _close(self, trial: Any, status: str) -> None:
+    def _close(self, trial: Any, status: str, error: str | None = None) -> None:
         try:
             run_id = self.tracker.find_trial_run(self.parent_run_id, trial.trial_id)
-            if run_id and self.tracker.finish_if_running(run_id, status):
+            if run_id is None:
+                return
+            if error is not None and self.tracker.status(run_id) == "RUNNING":
+                self.tracker.set_tags(run_id, {ERROR_TAG: error[:4000]})
+            if self.tracker.finish_if_running(run_id, status):
                 logger.info("trial %s ended while its MLflow run was RUNNING: marked %s", trial.trial_id, status)
         except Exception:
             logger.exception("could not close the MLflow run of trial %s", trial.trial_id)
@@ -271,16 +364,34 @@ class _TrialRunCloser(tune.Callback):
         self._close(trial, "KILLED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._close(trial, "FAILED")
+        # A trial whose process died leaves its run RUNNING without an error tag.
+        self._close(trial, "FAILED", error=_tune_error(trial))
+
+
+def _tune_error(trial: Any) -> str:
+    """Return the last line of a Tune trial's error (its exception type and message)."""
+    text = None
+    try:
+        # Tune writes error.txt in the trial's local folder first and uploads it later.
+        local = trial.error_file
+        text = Path(local).read_text() if local and Path(local).is_file() else trial.get_error()
+    except Exception:
+        logger.debug("could not read the error of trial %s", trial.trial_id, exc_info=True)
+    lines = [line for line in str(text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "the trial's process failed; see error.txt in its Tune trial folder"
 
 
 def _metric_and_mode(spec: StudySpec) -> tuple[str | list[str], str | list[str]]:
     return spec.search.metric, spec.search.mode
 
 
-def _build_searcher(spec: StudySpec, optuna_url: str, study_name: str) -> OptunaSearch:
+def _build_searcher(
+    spec: StudySpec, optuna_url: str | None, study_name: str, tracking: tuple[str, str, str]
+) -> OptunaSearch:
     metric, mode = _metric_and_mode(spec)
-    storage = optuna.storages.RDBStorage(url=optuna_url, engine_kwargs={"connect_args": {"timeout": 30}})
+    storage = None
+    if optuna_url is not None:
+        storage = optuna.storages.RDBStorage(url=optuna_url, engine_kwargs={"connect_args": {"timeout": 30}})
     return _FinalMetricOptunaSearch(
         space=make_define_by_run(spec),
         metric=metric,
@@ -288,6 +399,7 @@ def _build_searcher(spec: StudySpec, optuna_url: str, study_name: str) -> Optuna
         sampler=make_sampler(spec),
         study_name=study_name,
         storage=storage,
+        tracking=tracking,
     )
 
 
@@ -333,13 +445,17 @@ def run_study(
     *,
     tracking_uri: str | None = None,
     storage_path: str | os.PathLike | None = None,
+    shared_storage: bool = False,
 ) -> StudyOutcome:
     """Validate and run the study in ``study_path``; return its outcome.
 
     Args:
         study_path: The study YAML file.
         tracking_uri: MLflow tracking URI; defaults to ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``.
-        storage_path: Folder for Tune results, checkpoints and the Optuna database.
+        storage_path: Local folder or ``pyarrow.fs`` URI for Tune results, checkpoints and the
+            Optuna database; defaults to ``DSSL_STORAGE_PATH`` or ``./dssl_results``.
+        shared_storage: Local paths (the storage folder, a SQLite store) lie on storage that every
+            node of the cluster mounts.
 
     Raises:
         dssl.study.schema.StudyValidationError: The study file is invalid (nothing has started).
@@ -349,20 +465,16 @@ def run_study(
     spec = load_study(study_path)
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
-    storage = resolve_storage_path(storage_path)
+    storage = _resolve_storage(storage_path)
     dataset = build_dataset(spec)
+    ensure_ray()
+    _check_cluster_paths(storage, uri, shared_storage)
+
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     study_dir = _make_study_dir(storage, run_name)
-    optuna_url = f"sqlite:///{study_dir / 'optuna.db'}"
-
+    optuna_url = _optuna_url(study_dir)
     experiment_name = spec.tracking.experiment or spec.name
-    try:
-        tracker = StudyTracker(uri, experiment_name)
-    except MlflowException as error:
-        raise InvalidStudyInputError(
-            f"could not open the MLflow tracking store {uri!r}: {error}; pass --tracking-uri "
-            "with a reachable store, e.g. sqlite:///mlflow.db or http://127.0.0.1:5000"
-        ) from error
+    tracker = _open_tracker(uri, experiment_name)
     parent_run_id = tracker.start_study_run(
         run_name,
         params={
@@ -374,15 +486,146 @@ def run_study(
             "search.max_concurrent": spec.search.max_concurrent,
             "search.seeds": spec.search.seeds,
             "resources.num_workers": spec.resources.num_workers,
+            "resources.max_failures": spec.resources.max_failures,
             "data.kind": spec.data.kind,
         },
-        tags={"dssl.kind": "study", "dssl.study_file": str(Path(study_path)), "dssl.optuna_storage": optuna_url},
+        tags={
+            "dssl.kind": "study",
+            "dssl.study_file": str(Path(study_path)),
+            "dssl.optuna_storage": optuna_url or "in memory, inside the Tune searcher checkpoint",
+            "dssl.study_dir": study_dir.describe(),
+        },
     )
-    tracker.log_text(parent_run_id, dump_resolved_yaml(spec), "study.yaml")
-    logger.info("study %s: MLflow run %s in experiment %r at %s", spec.name, parent_run_id, experiment_name, uri)
+    resolved_yaml = dump_resolved_yaml(spec)
+    tracker.log_text(parent_run_id, resolved_yaml, STUDY_FILE)
+    _write_study_record(study_dir, resolved_yaml, uri, experiment_name, parent_run_id, run_name, optuna_url)
+    logger.info("study %s: MLflow run %s in experiment %r at %s", spec.name, parent_run_id, experiment_name, redact_uri(uri))
+    logger.info("study %s: results in %s; resume with 'dssl resume %s'", spec.name, study_dir.describe(), study_dir.describe())
+    return _execute(spec, dataset, tracker, parent_run_id, study_dir, optuna_url, run_name, restore=False)
 
+
+def resume_study(
+    study_dir: str | os.PathLike,
+    *,
+    tracking_uri: str | None = None,
+    shared_storage: bool = False,
+) -> StudyOutcome:
+    """Finish a study whose driver stopped (killed, node lost, ``ray job stop``).
+
+    Tune restores its experiment from ``study_dir``: finished trials stay finished, trials that
+    were running restart from their last checkpoint and continue their MLflow runs, the searcher
+    (Optuna) continues from its saved state, and the remaining trials run.
+
+    Args:
+        study_dir: The study's folder, ``<storage path>/<study name>-<date>-<time>``, local or a URI.
+        tracking_uri: The tracking URI, when the stored one lacks credentials or has moved.
+        shared_storage: As for :func:`run_study`.
+
+    Raises:
+        InvalidStudyInputError: ``study_dir`` is not a dssl study folder, or a path cannot be used.
+    """
+    folder = _resolve_storage(study_dir)
     try:
-        ensure_ray()
+        record = read_json(folder, STUDY_RECORD)
+    except FileNotFoundError:
+        raise InvalidStudyInputError(
+            f"{folder.describe()} holds no {STUDY_RECORD}, so it is not the folder of a study started by "
+            "'dssl run'; pass the study's folder, <storage path>/<study name>-<date>-<time> "
+            "('dssl run' prints it)"
+        ) from None
+    with _study_file_copy(folder) as study_file:
+        spec = load_study(study_file)
+    uri = resolve_tracking_uri(tracking_uri or record["tracking_uri"])
+    check_tracking_uri(uri)
+    dataset = build_dataset(spec)
+    ensure_ray()
+    _check_cluster_paths(folder, uri, shared_storage)
+
+    tracker = _open_tracker(uri, record["experiment_name"])
+    parent_run_id = record["parent_run_id"]
+    status = tracker.status(parent_run_id)
+    if status == "FINISHED":
+        raise InvalidStudyInputError(
+            f"the study in {folder.describe()} already finished (MLflow run {parent_run_id}); "
+            "nothing to resume. Start a new one with 'dssl run'"
+        )
+    tracker.client.update_run(parent_run_id, status="RUNNING")
+    resumes = int(tracker.client.get_run(parent_run_id).data.tags.get("dssl.resumed", "0")) + 1
+    tracker.set_tags(parent_run_id, {"dssl.resumed": str(resumes)})
+    logger.info("study %s: resuming %s (MLflow run %s, was %s)", spec.name, folder.describe(), parent_run_id, status)
+    return _execute(
+        spec, dataset, tracker, parent_run_id, folder, record.get("optuna_storage"), record["run_name"], restore=True
+    )
+
+
+def _open_tracker(uri: str, experiment_name: str) -> StudyTracker:
+    try:
+        return StudyTracker(uri, experiment_name)
+    except MlflowException as error:
+        raise InvalidStudyInputError(
+            f"could not open the MLflow tracking store {redact_uri(uri)!r}: {error}; pass --tracking-uri "
+            "with a reachable store, e.g. sqlite:///mlflow.db or http://127.0.0.1:5000"
+        ) from error
+
+
+def _write_study_record(
+    study_dir: StudyStorage,
+    resolved_yaml: str,
+    uri: str,
+    experiment_name: str,
+    parent_run_id: str,
+    run_name: str,
+    optuna_url: str | None,
+) -> None:
+    """Store what ``dssl resume`` needs; the tracking URI without credentials (pass them again)."""
+    filesystem, path = study_dir.filesystem()
+    with filesystem.open_output_stream(f"{path}/{STUDY_FILE}") as stream:
+        stream.write(resolved_yaml.encode())
+    record = {
+        "tracking_uri": redact_uri(uri),
+        "experiment_name": experiment_name,
+        "parent_run_id": parent_run_id,
+        "run_name": run_name,
+        "optuna_storage": optuna_url,
+    }
+    write_json(study_dir, STUDY_RECORD, record)
+
+
+class _study_file_copy:
+    """Context manager: a local copy of the study folder's ``study.yaml`` (the folder may be a URI)."""
+
+    def __init__(self, folder: StudyStorage) -> None:
+        self._folder = folder
+        self._temp: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> Path:
+        filesystem, path = self._folder.filesystem()
+        self._temp = tempfile.TemporaryDirectory(prefix="dssl-resume-")
+        local = Path(self._temp.name) / STUDY_FILE
+        with filesystem.open_input_stream(f"{path}/{STUDY_FILE}") as stream:
+            local.write_bytes(stream.read())
+        return local
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._temp is not None:
+            self._temp.cleanup()
+
+
+def _execute(
+    spec: StudySpec,
+    dataset: PairedDataset,
+    tracker: StudyTracker,
+    parent_run_id: str,
+    study_dir: StudyStorage,
+    optuna_url: str | None,
+    run_name: str,
+    *,
+    restore: bool,
+) -> StudyOutcome:
+    """Run (or restore) the Tuner, then summarise, close the runs and write the report."""
+    uri = tracker.tracking_uri
+    experiment_name = tracker.experiment_name
+    try:
         context = TrialContext(
             spec=spec,
             data_manifest=dataset_manifest(spec),
@@ -390,22 +633,26 @@ def run_study(
             experiment_name=experiment_name,
             parent_run_id=parent_run_id,
             dataset_ref=ray.put(dataset),
-            storage_path=str(study_dir),
+            storage_path=study_dir.uri,
             step1_coordinator=Step1Coordinator.remote() if spec.tracking.reuse_step1 else None,
         )
-        results = _fit(spec, context, tracker, optuna_url, run_name, storage)
+        results = _fit(spec, context, tracker, optuna_url, run_name, study_dir, restore=restore)
         outcome = _summarise(spec, results, tracker, parent_run_id, uri, experiment_name, optuna_url, study_dir, run_name)
     except BaseException as error:
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-        tracker.set_tags(parent_run_id, {"dssl.error": f"{type(error).__name__}: {error}"[:4000]})
-        _close_children(tracker, parent_run_id, "KILLED")
-        tracker.finish_if_running(parent_run_id, status)
+        try:
+            tracker.set_tags(parent_run_id, {ERROR_TAG: f"{type(error).__name__}: {error}"[:4000]})
+            _close_children(tracker, parent_run_id, "KILLED")
+            tracker.finish_if_running(parent_run_id, status)
+        except Exception:  # the study's own error matters more than a tracking failure
+            logger.exception("could not mark the MLflow runs of study %s as %s", spec.name, status)
         raise
-    _close_children(tracker, parent_run_id, "KILLED")
+    _close_children(tracker, parent_run_id, "KILLED", errors=_trial_errors(results))
     # A failed trial does not fail the study: its own run is FAILED and the count is logged.
     tracker.log_metrics(parent_run_id, {"trials/total": outcome.trials, "trials/failed": outcome.errors}, step=0)
     tracker.finish(parent_run_id, "FINISHED")
-    _report_study(spec.name, uri, parent_run_id, study_dir / "report")
+    report_dir = Path(study_dir.uri) / "report" if study_dir.is_local else Path("reports") / run_name
+    _report_study(spec.name, uri, parent_run_id, report_dir)
     return outcome
 
 
@@ -442,13 +689,23 @@ def _fit(
     spec: StudySpec,
     context: TrialContext,
     tracker: StudyTracker,
-    optuna_url: str,
+    optuna_url: str | None,
     run_name: str,
-    storage: Path,
+    study_dir: StudyStorage,
+    *,
+    restore: bool,
 ) -> tune.ResultGrid:
-    metric, mode = _metric_and_mode(spec)
-    searcher = _build_searcher(spec, optuna_url, run_name)
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(spec))
+    if restore:
+        # Tune restores the searcher, the scheduler and the run config from the study folder.
+        tuner = tune.Tuner.restore(
+            study_dir.uri, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+        )
+        return tuner.fit()
+
+    tracking = (tracker.tracking_uri, tracker.experiment_name, context.parent_run_id)
+    searcher = _build_searcher(spec, optuna_url, run_name, tracking)
+    storage_root = study_dir.uri.rsplit("/", 1)[0] if not study_dir.is_local else str(Path(study_dir.uri).parent)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -460,23 +717,65 @@ def _fit(
         ),
         run_config=tune.RunConfig(
             name=run_name,
-            storage_path=str(storage),
+            storage_path=storage_root,
             callbacks=[_TrialRunCloser(tracker, context.parent_run_id)],
             progress_reporter=_build_reporter(spec),
             # 1 prints the trial table only; higher levels also print every epoch's full result.
             verbose=1,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            failure_config=tune.FailureConfig(max_failures=0),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=spec.eval.checkpoints_to_keep,
+                checkpoint_score_attribute=CHECKPOINT_SCORE,
+                checkpoint_score_order=spec.search.modes[0],
+            ),
+            # Restarts after a lost process or node; a trial whose own code raised fails at once
+            # on its restart (dssl.study.trial.TrialFailedBeforeError).
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
         ),
     )
     return tuner.fit()
 
 
-def _close_children(tracker: StudyTracker, parent_run_id: str, status: str) -> None:
+_TRIAL_ID_IN_FOLDER = re.compile(r"_([0-9a-f]{8}_\d{5})_")
+
+
+def _trial_errors(results: tune.ResultGrid) -> dict[str, str]:
+    """Return the error of each failed trial, by trial id (the last line of Tune's error)."""
+    errors = {}
+    for result in results:
+        if result.error is None:
+            continue
+        trial_id = (result.metrics or {}).get("trial_id")
+        if not isinstance(trial_id, str):
+            # A trial that failed before its first report has no metrics; its folder is named
+            # <trainable>_<trial id>_<index>_..., and Tune's trial ids are <8 hex>_<5 digits>.
+            match = _TRIAL_ID_IN_FOLDER.search(Path(result.path).name)
+            if match is None:
+                continue
+            trial_id = match.group(1)
+        lines = [line for line in str(result.error).splitlines() if line.strip()]
+        errors[trial_id] = lines[-1] if lines else type(result.error).__name__
+    return errors
+
+
+def _close_children(
+    tracker: StudyTracker, parent_run_id: str, status: str, errors: dict[str, str] | None = None
+) -> None:
+    """End every child run left RUNNING: FAILED with Tune's error for a failed trial, else ``status``.
+
+    A run stays RUNNING when its trial could not reach the tracking server when it failed.
+    """
+    errors = errors or {}
     for run in tracker.trial_runs(parent_run_id):
-        if run.info.status == "RUNNING":
-            tracker.finish(run.info.run_id, status)
-            logger.info("MLflow run %s of trial %s was left RUNNING: marked %s", run.info.run_id, run.data.tags.get(TRIAL_ID_TAG), status)
+        if run.info.status != "RUNNING":
+            continue
+        trial_id = run.data.tags.get(TRIAL_ID_TAG)
+        if trial_id in errors:
+            tracker.set_tags(run.info.run_id, {ERROR_TAG: errors[trial_id][:4000]})
+            tracker.finish(run.info.run_id, "FAILED")
+            logger.info("MLflow run %s of failed trial %s was left RUNNING: marked FAILED", run.info.run_id, trial_id)
+            continue
+        tracker.finish(run.info.run_id, status)
+        logger.info("MLflow run %s of trial %s was left RUNNING: marked %s", run.info.run_id, trial_id, status)
 
 
 def _finite_metric(value: Any) -> bool:
@@ -490,8 +789,8 @@ def _summarise(
     parent_run_id: str,
     uri: str,
     experiment_name: str,
-    optuna_url: str,
-    study_dir: Path,
+    optuna_url: str | None,
+    study_dir: StudyStorage,
     run_name: str,
 ) -> StudyOutcome:
     metric = spec.search.metric if isinstance(spec.search.metric, str) else spec.search.metric[0]
@@ -515,7 +814,7 @@ def _summarise(
         tracking_uri=uri,
         experiment_name=experiment_name,
         optuna_storage=optuna_url,
-        results_path=str(study_dir),
+        results_path=study_dir.describe(),
         trials=len(results),
         errors=errors,
         best_config=best_config,

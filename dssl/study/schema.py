@@ -1603,11 +1603,35 @@ def _learnable_temperature_issues(method: MethodSpec, space: Mapping[str, Any]) 
 
 
 class ResourceSpec(_Spec):
-    """Resources of one trial: a Ray Train data-parallel group."""
+    """Resources of one trial (a Ray Train data-parallel group) and its restarts after a failure."""
 
     num_workers: int = Field(1, ge=1, description="Data-parallel workers per trial.")
     cpus_per_worker: float = Field(1.0, gt=0.0)
-    gpus_per_worker: float = Field(0.0, ge=0.0)
+    gpus_per_worker: float = Field(
+        0.0,
+        ge=0.0,
+        description="GPUs per worker; a fraction (trials sharing a GPU) only with one worker per trial.",
+    )
+    max_failures: int = Field(
+        2,
+        ge=0,
+        description=(
+            "Times a trial restarts from its last checkpoint after its process, a worker or a node "
+            "died. A trial whose own code raised (a non-finite loss, a bad setting) is not restarted."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_gpu_fraction(self) -> ResourceSpec:
+        gpus = self.gpus_per_worker
+        if self.num_workers > 1 and gpus != int(gpus):
+            message = (
+                f"must be a whole number when resources.num_workers is {self.num_workers}, because "
+                "NCCL refuses two workers of one group on the same GPU ('Duplicate GPU detected'). "
+                "Use a fraction only with num_workers: 1, where trials share a GPU"
+            )
+            _raise_issues([_Issue(("gpus_per_worker",), message, gpus)])
+        return self
 
 
 class EvalSpec(_Spec):
@@ -1620,6 +1644,14 @@ class EvalSpec(_Spec):
         4096, ge=1, description="Held-out rows used for the per-epoch MI diagnostics."
     )
     checkpoint_every_epoch: bool = True
+    checkpoints_to_keep: int = Field(
+        2,
+        ge=1,
+        description=(
+            "Checkpoints kept per trial: the best by the study's search metric, and always the "
+            "latest, from which a restarted trial resumes."
+        ),
+    )
     mi_every_n_epochs: int | None = Field(
         3,
         description=(

@@ -11,6 +11,7 @@ for example ``http://127.0.0.1:5000`` for a tracking server.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -30,6 +31,12 @@ DEFAULT_ARTIFACT_FOLDER = "mlartifacts"
 TRIAL_ID_TAG = "dssl.trial_id"
 STUDY_RUN_TAG = "dssl.study_run_id"
 PARENT_TAG = "mlflow.parentRunId"
+ERROR_TAG = "dssl.error"
+# "trial" when the trial's own code raised (a restart would fail the same way), else absent.
+ERROR_KIND_TAG = "dssl.error_kind"
+# The last epoch whose metrics are stored, written in the same batch as those metrics.
+LOGGED_EPOCH_TAG = "dssl.logged_epoch"
+FINAL_LOGGED_TAG = "dssl.final_logged"
 
 _INVALID_NAME_CHARACTERS = re.compile(r"[^/\w.\- ]")
 _MAX_PARAM_LENGTH = 500
@@ -68,8 +75,35 @@ def sanitize_name(name: str) -> str:
     return _INVALID_NAME_CHARACTERS.sub("_", name)
 
 
-def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
-    """Log the numeric entries of ``metrics`` at ``step``; non-finite values are also logged as warnings."""
+@dataclasses.dataclass(frozen=True)
+class TrialRun:
+    """A trial's MLflow run and what an earlier attempt of the trial already stored in it.
+
+    Attributes:
+        run_id: The child run.
+        logged_epoch: The last epoch whose metrics the run holds (0 for a new run).
+        final_logged: Whether the final evaluation's metrics are stored.
+        failure: The error of an earlier attempt whose own code raised, else ``None``.
+    """
+
+    run_id: str
+    logged_epoch: int = 0
+    final_logged: bool = False
+    failure: str | None = None
+
+
+def log_metrics(
+    client: MlflowClient,
+    run_id: str,
+    metrics: Mapping[str, Any],
+    step: int,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """Log the numeric entries of ``metrics`` at ``step``; non-finite values are also logged as warnings.
+
+    ``tags`` are written in the same request as the last metrics, so that a store that keeps the
+    tags also keeps the metrics.
+    """
     timestamp = int(time.time() * 1000)
     items = []
     for key, value in sorted(metrics.items()):
@@ -78,8 +112,21 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, Any], s
         if not math.isfinite(value):
             logger.warning("run %s: metric %s is %s at step %d", run_id, key, value, step)
         items.append(Metric(sanitize_name(key), float(value), timestamp, step))
-    for start in range(0, len(items), _BATCH_LIMIT):
-        client.log_batch(run_id, metrics=items[start : start + _BATCH_LIMIT], synchronous=True)
+    tag_items = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
+    starts = list(range(0, len(items), _BATCH_LIMIT)) or [0]
+    for start in starts:
+        last = start == starts[-1]
+        client.log_batch(
+            run_id,
+            metrics=items[start : start + _BATCH_LIMIT],
+            tags=tag_items if last else [],
+            synchronous=True,
+        )
+
+
+def log_epoch_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, Any], epoch: int) -> None:
+    """Log one epoch's metrics at step ``epoch`` and record the epoch as logged (:data:`LOGGED_EPOCH_TAG`)."""
+    log_metrics(client, run_id, metrics, step=epoch, tags={LOGGED_EPOCH_TAG: str(epoch)})
 
 
 class StudyTracker:
@@ -116,17 +163,29 @@ class StudyTracker:
         trial_id: str,
         run_name: str,
         params: Mapping[str, Any],
-    ) -> str:
-        """Return the child run of ``trial_id``, creating it unless a restarted trial left one."""
+    ) -> TrialRun:
+        """Return the child run of ``trial_id``: a new one, or the one an earlier attempt left.
+
+        A restarted trial (after its process, a worker or the study driver died) continues its
+        run, and the returned :class:`TrialRun` says which epochs the run already holds.
+        """
         existing = self.find_trial_run(parent_run_id, trial_id)
         if existing is not None:
-            self.client.update_run(existing, status="RUNNING")
-            logger.info("trial %s continues MLflow run %s", trial_id, existing)
-            return existing
+            tags = self.client.get_run(existing).data.tags
+            failure = tags.get(ERROR_TAG) if tags.get(ERROR_KIND_TAG) == "trial" else None
+            if failure is None:
+                self.client.update_run(existing, status="RUNNING")
+                logger.info("trial %s continues MLflow run %s", trial_id, existing)
+            return TrialRun(
+                run_id=existing,
+                logged_epoch=int(tags.get(LOGGED_EPOCH_TAG, 0)),
+                final_logged=tags.get(FINAL_LOGGED_TAG) == "true",
+                failure=failure,
+            )
         tags = {PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, STUDY_RUN_TAG: parent_run_id}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.log_params(run.info.run_id, params)
-        return run.info.run_id
+        return TrialRun(run_id=run.info.run_id)
 
     def find_trial_run(self, parent_run_id: str, trial_id: str) -> str | None:
         runs = self.client.search_runs(

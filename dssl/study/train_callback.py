@@ -7,28 +7,37 @@ from typing import Any
 from mlflow import MlflowClient
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from dssl.study.tracking import log_metrics
+from dssl.study.tracking import log_epoch_metrics
+from dssl.train.loop import NON_FINITE_LOSS_KEY
 
 
 class MlflowTuneReportCallback(TuneReportCallback):
     """Log each epoch's rank-0 metrics to the trial's MLflow run, then forward them to Ray Tune.
 
     It runs in the Ray Train controller, so the platform, not the workers, writes to MLflow.
+    After a restart of the worker group the epochs come again from the latest checkpoint; an
+    epoch whose metrics the run already holds is forwarded to Tune but not logged twice.
 
     Args:
         tracking_uri: The MLflow tracking URI.
         run_id: The trial's child run, created by the trial driver.
+        logged_epoch: The last epoch an earlier attempt of the trial logged to the run.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
+    def __init__(self, tracking_uri: str, run_id: str, logged_epoch: int = 0) -> None:
         super().__init__()
         self.tracking_uri = tracking_uri
         self.run_id = run_id
+        self.logged_epoch = logged_epoch
         self._client: MlflowClient | None = None
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         if self._client is None:
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         rank0 = metrics[0]
-        log_metrics(self._client, self.run_id, rank0, step=int(rank0.get("epoch", 0)))
+        epoch = int(rank0.get("epoch", 0))
+        if NON_FINITE_LOSS_KEY not in rank0 and epoch > self.logged_epoch:
+            logged = {key: value for key, value in rank0.items() if key != "checkpoint_score"}
+            log_epoch_metrics(self._client, self.run_id, logged, epoch)
+            self.logged_epoch = epoch
         super().after_report(run_context, metrics, checkpoint)

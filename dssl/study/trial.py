@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -31,9 +32,25 @@ from dssl.methods.registry import reuses_step1
 from dssl.study.schema import MethodSpec, StudySpec, flatten_params, resolve_method
 from dssl.study.space import method_overrides, seed_of
 from dssl.study.step1_cache import obtain_step1, publish_step1, step1_key
-from dssl.study.tracking import StudyTracker, log_metrics
+from dssl.study.tracking import (
+    ERROR_KIND_TAG,
+    ERROR_TAG,
+    FINAL_LOGGED_TAG,
+    StudyTracker,
+    TrialRun,
+    log_epoch_metrics,
+    log_metrics,
+)
 from dssl.train.checkpoint import load_state, save_state
-from dssl.train.loop import TrainedModels, TrainingState, restore_models, total_epochs, train_trial
+from dssl.train.loop import (
+    NON_FINITE_LOSS_KEY,
+    NonFiniteLossError,
+    TrainedModels,
+    TrainingState,
+    restore_models,
+    total_epochs,
+    train_trial,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +82,15 @@ def trial_resources(spec: StudySpec) -> dict[str, float]:
     return {"cpu": 0.0, "memory": float(64 * 1024**2)}
 
 
+class TrialFailedBeforeError(RuntimeError):
+    """Raised when Tune restarts a trial whose own code failed, so that it fails again at once.
+
+    Tune restarts a failed trial up to ``resources.max_failures`` times whatever the cause. Only a
+    lost process, worker or node deserves a restart; an error of the trial itself (a non-finite
+    loss, a bad setting) would recur.
+    """
+
+
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Run one trial: train, evaluate and log. Used as ``tune.with_parameters(run_trial, ...)``."""
     tune_context = tune.get_context()
@@ -75,7 +101,10 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     tracker = StudyTracker(context.tracking_uri, context.experiment_name)
     params = {**flatten_params(method), "seed": seed, "trial_id": trial_id}
     params.update(_resource_params(context.spec))
-    run_id = tracker.start_trial_run(context.parent_run_id, trial_id, tune_context.get_trial_name(), params)
+    trial_run = tracker.start_trial_run(context.parent_run_id, trial_id, tune_context.get_trial_name(), params)
+    if trial_run.failure is not None:
+        raise TrialFailedBeforeError(f"trial {trial_id} is not restarted, because it failed: {trial_run.failure}")
+    run_id = trial_run.run_id
 
     step1 = _Step1Reuse(context, tracker, run_id, trial_id)
     try:
@@ -83,9 +112,9 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         step1.prepare(method, seed)
         dataset = ray.get(context.dataset_ref)
         if context.spec.resources.num_workers == 1 and not _streams(context.spec):
-            models, last_metrics = _train_in_process(dataset, method, seed, context, tracker, run_id, step1)
+            models, last_metrics, state = _train_in_process(dataset, method, seed, context, tracker, trial_run, step1)
         else:
-            models, last_metrics = _train_with_trainer(dataset, method, seed, context, run_id, trial_id, step1)
+            models, last_metrics, state = _train_with_trainer(dataset, method, seed, context, trial_run, trial_id, step1)
         step1.publish(models.phases["step1"].checkpoint_state() if "step1" in models.phases else None)
         training_seconds = time.perf_counter() - started
 
@@ -98,22 +127,45 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         final["time/training_seconds"] = training_seconds
         final["time/trial_seconds"] = time.perf_counter() - started
         last_epoch = total_epochs(method)
-        tracker.log_metrics(run_id, final, step=last_epoch)
+        if not trial_run.final_logged:
+            log_metrics(tracker.client, run_id, final, step=last_epoch, tags={FINAL_LOGGED_TAG: "true"})
         _log_model_artifacts(tracker, run_id, models)
 
         # The run is complete before the final report: Tune may stop the trial inside
         # tune.report (a scheduler reaching max_t raises SystemExit there).
         tracker.finish(run_id, "FINISHED")
         logger.info("trial %s finished: MLflow run %s", trial_id, run_id)
-        tune.report({**last_metrics, **final, "epoch": float(last_epoch)})
+        report = {**last_metrics, **final, "epoch": float(last_epoch)}
+        report[CHECKPOINT_SCORE] = checkpoint_score(context.spec, report)
+        with tempfile.TemporaryDirectory(prefix="dssl-ckpt-") as folder:
+            save_state(state, folder)
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
     except BaseException as error:
         # SystemExit comes from Tune stopping the trial (a scheduler decision); the rest are
         # failures. Either way the run must not stay RUNNING.
-        status = "KILLED" if isinstance(error, (SystemExit, KeyboardInterrupt)) else "FAILED"
-        _end_run_after_error(tracker, run_id, status, error)
+        stopped = isinstance(error, (SystemExit, KeyboardInterrupt))
+        _end_run_after_error(tracker, run_id, "KILLED" if stopped else "FAILED", error, own=not stopped)
         raise
     finally:
         step1.release()
+
+
+CHECKPOINT_SCORE = "checkpoint_score"
+"""The Tune result key that ranks a trial's checkpoints (see :func:`checkpoint_score`)."""
+
+
+def checkpoint_score(spec: StudySpec, metrics: dict[str, Any]) -> float:
+    """Return the value that ranks a checkpoint: the study's search metric, NaN when absent.
+
+    Tune keeps ``eval.checkpoints_to_keep`` checkpoints per trial, the best by this value, and
+    always the latest. NaN ranks below every number, so checkpoints of epochs that do not report
+    the search metric (probe metrics exist only after the final evaluation) go first.
+    """
+    metric = spec.search.metrics[0]
+    value = metrics.get(metric)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return math.nan
 
 
 class _Step1Reuse:
@@ -167,9 +219,13 @@ def _resource_params(spec: StudySpec) -> dict[str, Any]:
     }
 
 
-def _end_run_after_error(tracker: StudyTracker, run_id: str, status: str, error: BaseException) -> None:
+def _end_run_after_error(tracker: StudyTracker, run_id: str, status: str, error: BaseException, own: bool) -> None:
+    """Record ``error`` on the run and end it; ``own`` marks an error of the trial's code, not restarted."""
+    tags = {ERROR_TAG: f"{type(error).__name__}: {error}"[:4000]}
+    if own:
+        tags[ERROR_KIND_TAG] = "trial"
     try:
-        tracker.set_tags(run_id, {"dssl.error": f"{type(error).__name__}: {error}"[:4000]})
+        tracker.set_tags(run_id, tags)
         tracker.finish_if_running(run_id, status)
     except Exception:  # the original error matters more than a tracking failure
         logger.exception("could not mark MLflow run %s as %s", run_id, status)
@@ -187,9 +243,14 @@ def _train_in_process(
     seed: int,
     context: TrialContext,
     tracker: StudyTracker,
-    run_id: str,
+    trial_run: TrialRun,
     step1: _Step1Reuse,
-) -> tuple[TrainedModels, dict[str, float]]:
+) -> tuple[TrainedModels, dict[str, float], TrainingState]:
+    """Train in this process; return the models, the latest value of each metric and the final state.
+
+    Epochs that an earlier attempt of the trial already logged (``trial_run.logged_epoch``) are
+    trained again from the last checkpoint but not logged twice.
+    """
     torch.set_num_threads(max(1, int(context.spec.resources.cpus_per_worker)))
     resume_from = None
     checkpoint = tune.get_checkpoint()
@@ -199,12 +260,15 @@ def _train_in_process(
         logger.info("trial resumes after epoch %d", resume_from.epoch)
 
     last_metrics: dict[str, float] = {}
+    final_state: list[TrainingState] = [] if resume_from is None else [resume_from]
     keep_checkpoints = context.spec.eval.checkpoint_every_epoch
 
     def report(epoch: int, metrics: dict[str, float], state: TrainingState) -> None:
         # The latest value of every metric, step-1 ones included after step 2 has started.
         last_metrics.update(metrics)
-        log_metrics(tracker.client, run_id, metrics, step=epoch)
+        final_state[:] = [state]
+        if epoch > trial_run.logged_epoch:
+            log_epoch_metrics(tracker.client, trial_run.run_id, metrics, epoch)
         if state.phase == "step1" and epoch == method.step1.epochs:
             # Trials waiting for this step-1 model can start their step 2 now.
             step1.publish(state.models["step1"])
@@ -213,7 +277,8 @@ def _train_in_process(
             return
         with tempfile.TemporaryDirectory(prefix="dssl-ckpt-") as folder:
             save_state(state, folder)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            scored = {**metrics, CHECKPOINT_SCORE: checkpoint_score(context.spec, metrics)}
+            tune.report(scored, checkpoint=tune.Checkpoint.from_directory(folder))
 
     models = train_trial(
         dataset,
@@ -226,7 +291,9 @@ def _train_in_process(
         pretrained=step1.pretrained,
         mi_diagnostics=_mi_diagnostics_settings(context.spec, tune.get_context().get_trial_id()),
     )
-    return models, last_metrics
+    if not final_state:
+        raise RuntimeError("training ended without a completed epoch; the method has no epochs to train")
+    return models, last_metrics, final_state[0]
 
 
 def _mi_diagnostics_settings(spec: StudySpec, trial_id: str) -> MIDiagnosticsSettings:
@@ -282,11 +349,17 @@ def _train_with_trainer(
     method: MethodSpec,
     seed: int,
     context: TrialContext,
-    run_id: str,
+    trial_run: TrialRun,
     trial_id: str,
     step1: _Step1Reuse,
-) -> tuple[TrainedModels, dict[str, float]]:
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+) -> tuple[TrainedModels, dict[str, float], TrainingState]:
+    """Train with a Ray Train worker group; return the models, latest metrics and final state.
+
+    Ray Train restarts the worker group from its latest checkpoint up to
+    ``resources.max_failures`` times when a worker dies. The group's run is named after the trial
+    in the study folder, so a trial that Tune restarts resumes from that run's checkpoints too.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from dssl.study.train_callback import MlflowTuneReportCallback
@@ -315,6 +388,7 @@ def _train_with_trainer(
             "mi_diagnostics": dataclasses.asdict(_mi_diagnostics_settings(context.spec, trial_id)),
             "diagnostics_samples": context.spec.eval.diagnostics_samples,
             "threads": max(1, int(resources.cpus_per_worker)),
+            "search_metric": context.spec.search.metrics[0],
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -322,20 +396,34 @@ def _train_with_trainer(
         ),
         run_config=RunConfig(
             name=f"train-{trial_id}",
-            storage_path=str(Path(context.storage_path) / "train"),
-            callbacks=[MlflowTuneReportCallback(context.tracking_uri, run_id)],
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            storage_path=_join(context.storage_path, "train"),
+            callbacks=[MlflowTuneReportCallback(context.tracking_uri, trial_run.run_id, trial_run.logged_epoch)],
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=context.spec.eval.checkpoints_to_keep,
+                checkpoint_score_attribute=CHECKPOINT_SCORE,
+                checkpoint_score_order=context.spec.search.modes[0],
+            ),
+            failure_config=FailureConfig(max_failures=resources.max_failures),
         ),
     )
     result = trainer.fit()
+    if result.metrics and NON_FINITE_LOSS_KEY in result.metrics:
+        raise NonFiniteLossError(str(result.metrics[NON_FINITE_LOSS_KEY]))
     if result.checkpoint is None:
         raise RuntimeError(f"trial {trial_id}: Ray Train finished without a checkpoint")
     with result.checkpoint.as_directory() as folder:
         state = load_state(folder)
     models = restore_models(state, dataset.x1.shape[1], dataset.x2.shape[1], method)
     # MLflow keeps the latest value of every metric the callback logged, step-1 ones included.
-    latest = MlflowClient(tracking_uri=context.tracking_uri).get_run(run_id).data.metrics
-    return models, {**latest, **(result.metrics or {})}
+    latest = MlflowClient(tracking_uri=context.tracking_uri).get_run(trial_run.run_id).data.metrics
+    return models, {**latest, **(result.metrics or {})}, state
+
+
+def _join(storage_path: str, name: str) -> str:
+    """Append ``name`` to a local folder or a URI."""
+    if "://" in storage_path:
+        return storage_path.rstrip("/") + "/" + name
+    return str(Path(storage_path) / name)
 
 
 def _log_model_artifacts(tracker: StudyTracker, run_id: str, models: TrainedModels) -> None:

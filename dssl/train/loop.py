@@ -43,6 +43,10 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when a training loss becomes NaN or infinite."""
 
 
+NON_FINITE_LOSS_KEY = "non_finite_loss"
+"""The report key by which Ray Train workers pass a :class:`NonFiniteLossError` to the trial driver."""
+
+
 @dataclasses.dataclass
 class TrainingState:
     """Everything needed to continue training after a completed epoch.

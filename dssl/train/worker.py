@@ -8,6 +8,7 @@ attaches the checkpoint and is the only rank whose metrics include held-out diag
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from typing import Any
 
@@ -23,7 +24,7 @@ from dssl.eval.mi_diagnostics import MIDiagnosticsSettings
 from dssl.study.schema import MethodSpec
 from dssl.train.checkpoint import load_state, save_state
 from dssl.train.distributed import DataParallelContext
-from dssl.train.loop import TrainingState, train_trial
+from dssl.train.loop import NON_FINITE_LOSS_KEY, NonFiniteLossError, TrainingState, train_trial
 
 logger = logging.getLogger(__name__)
 
@@ -90,25 +91,40 @@ def train_worker(config: dict[str, Any]) -> None:
             resume_from = load_state(folder)
         logger.info("worker %d resumes after epoch %d", parallel.rank, resume_from.epoch)
 
+    search_metric = config.get("search_metric")
+
     def report(epoch: int, metrics: dict[str, float], state: TrainingState) -> None:
+        # Ray Train ranks the checkpoints by this key (dssl.study.trial.checkpoint_score); NaN
+        # ranks last, and the latest checkpoint is kept whatever its score.
+        score = metrics.get(search_metric, math.nan) if search_metric else math.nan
+        scored = {**metrics, "checkpoint_score": float(score)}
         if not parallel.is_main:
-            ray.train.report(metrics, checkpoint=None)
+            ray.train.report(scored, checkpoint=None)
             return
         with tempfile.TemporaryDirectory(prefix="dssl-ckpt-") as folder:
             save_state(state, folder)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+            ray.train.report(scored, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
-    train_trial(
-        dataset,
-        method,
-        seed,
-        on_epoch_end=report,
-        parallel=parallel,
-        device=device,
-        diagnostics_samples=int(config["diagnostics_samples"]),
-        shard_indices=shard,
-        resume_from=resume_from,
-        pretrained=None if config.get("pretrained_ref") is None else ray.get(config["pretrained_ref"]),
-        mi_diagnostics=None if config.get("mi_diagnostics") is None else MIDiagnosticsSettings(**config["mi_diagnostics"]),
-        train_batches=train_batches,
-    )
+    pretrained = None if config.get("pretrained_ref") is None else ray.get(config["pretrained_ref"])
+    mi_settings = config.get("mi_diagnostics")
+    try:
+        train_trial(
+            dataset,
+            method,
+            seed,
+            on_epoch_end=report,
+            parallel=parallel,
+            device=device,
+            diagnostics_samples=int(config["diagnostics_samples"]),
+            shard_indices=shard,
+            resume_from=resume_from,
+            pretrained=pretrained,
+            mi_diagnostics=None if mi_settings is None else MIDiagnosticsSettings(**mi_settings),
+            train_batches=train_batches,
+        )
+    except NonFiniteLossError as error:
+        # The epoch's loss terms are averaged over the workers before the check, so every rank
+        # raises at the same epoch. Reporting the error ends the group without a Ray Train
+        # restart, which would diverge the same way; the trial driver raises it again.
+        logger.warning("worker %d: %s", parallel.rank, error)
+        ray.train.report({NON_FINITE_LOSS_KEY: str(error)}, checkpoint=None)
