@@ -248,24 +248,34 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     # query targets whatever cluster `ray start` last ran and waits 10 s for it when it is gone.
     # The job's runtime environment sets the variable in Ray's workers only: in this process it
     # would also redirect any `ray job submit` started from here.
-    dashboard_port = _dashboard_port()
-    api_server = {_API_SERVER_ADDRESS_ENV: f"http://127.0.0.1:{dashboard_port}"}
-    # address="local" always starts a new cluster, even when a stale file names a dead one.
-    ray.init(
-        address="local",
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=dashboard_port,
-        _node_ip_address="127.0.0.1",
-        num_cpus=num_cpus,
-        log_to_driver=True,
-        runtime_env={"env_vars": api_server},
-    )
+    for attempt in range(3):
+        # Another process can take the free port between the check and the dashboard's bind;
+        # then Ray fails to start and a random free port is tried instead.
+        dashboard_port = _dashboard_port(prefer_default=attempt == 0)
+        api_server = {_API_SERVER_ADDRESS_ENV: f"http://127.0.0.1:{dashboard_port}"}
+        try:
+            # address="local" always starts a new cluster, even when a stale file names a dead one.
+            ray.init(
+                address="local",
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                dashboard_port=dashboard_port,
+                _node_ip_address="127.0.0.1",
+                num_cpus=num_cpus,
+                log_to_driver=True,
+                runtime_env={"env_vars": api_server},
+            )
+            return
+        except Exception as error:
+            if "address already in use" not in str(error) or attempt == 2:
+                raise
+            logger.warning("the Ray dashboard could not bind port %d (%s); retrying on another port", dashboard_port, error)
+            ray.shutdown()
 
 
-def _dashboard_port() -> int:
+def _dashboard_port(prefer_default: bool = True) -> int:
     """Return Ray's default dashboard port 8265 when it is free on 127.0.0.1, else a free port."""
-    for port in (_DEFAULT_DASHBOARD_PORT, 0):
+    for port in (_DEFAULT_DASHBOARD_PORT, 0) if prefer_default else (0,):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             # The dashboard binds with SO_REUSEADDR, so a port in TIME_WAIT is free for it too.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -537,10 +547,6 @@ def resume_study(
         spec = load_study(study_file)
     uri = resolve_tracking_uri(tracking_uri or record["tracking_uri"])
     check_tracking_uri(uri)
-    dataset = build_dataset(spec)
-    ensure_ray()
-    _check_cluster_paths(folder, uri, shared_storage)
-
     tracker = _open_tracker(uri, record["experiment_name"])
     parent_run_id = record["parent_run_id"]
     status = tracker.status(parent_run_id)
@@ -549,6 +555,10 @@ def resume_study(
             f"the study in {folder.describe()} already finished (MLflow run {parent_run_id}); "
             "nothing to resume. Start a new one with 'dssl run'"
         )
+    dataset = build_dataset(spec)
+    ensure_ray()
+    _check_cluster_paths(folder, uri, shared_storage)
+
     tracker.client.update_run(parent_run_id, status="RUNNING")
     resumes = int(tracker.client.get_run(parent_run_id).data.tags.get("dssl.resumed", "0")) + 1
     tracker.set_tags(parent_run_id, {"dssl.resumed": str(resumes)})

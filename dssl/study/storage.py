@@ -76,7 +76,9 @@ class StudyStorage:
         """Return ``uri`` with ``parts`` appended as path components."""
         if self.is_local:
             return str(Path(self.uri, *parts))
-        return "/".join([self.uri.rstrip("/"), *parts])
+        # Options such as ?endpoint_override=... stay at the end, after the joined path.
+        base, separator, query = self.uri.partition("?")
+        return "/".join([base.rstrip("/"), *parts]) + separator + query
 
     def filesystem(self) -> tuple[pyarrow.fs.FileSystem, str]:
         """Return the ``pyarrow.fs`` file system and the path inside it."""
@@ -109,8 +111,10 @@ def resolve_storage(value: str | os.PathLike | None = None) -> StudyStorage:
     try:
         pyarrow.fs.FileSystem.from_uri(chosen)
     except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, OSError, ValueError) as error:
+        # pyarrow's message repeats the whole URI, with any key or password in it.
+        reason = str(error).replace(chosen, redact_uri(chosen))
         raise StorageError(
-            f"the storage path {redact_uri(chosen)!r} is not a URI that pyarrow.fs can open ({error}); "
+            f"the storage path {redact_uri(chosen)!r} is not a URI that pyarrow.fs can open ({reason}); "
             "pass --storage-path (or DSSL_STORAGE_PATH) as a local folder or a URI such as "
             "s3://BUCKET/dssl or gs://BUCKET/dssl, with the cloud credentials in the usual "
             "environment variables or instance role"
@@ -123,10 +127,10 @@ def redact_uri(uri: str) -> str:
     if "://" not in uri:
         return uri
     parts = urllib.parse.urlsplit(uri)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+    # The URI is joined by hand because urlunsplit drops the empty host of an absolute SQLite URI
+    # and turns sqlite:////data/mlflow.db into sqlite://data/mlflow.db, a different database.
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}"
 
 
 def shared_storage_declared(flag: bool = False) -> bool:

@@ -37,6 +37,13 @@ ERROR_KIND_TAG = "dssl.error_kind"
 # The last epoch whose metrics are stored, written in the same batch as those metrics.
 LOGGED_EPOCH_TAG = "dssl.logged_epoch"
 FINAL_LOGGED_TAG = "dssl.final_logged"
+# How often Tune restarted the trial from a checkpoint, and the epoch of the latest restart.
+RESTARTS_TAG = "dssl.restarts"
+RESUMED_FROM_TAG = "dssl.resumed_from_epoch"
+# How often a multi-worker trial's worker group failed (Ray Train restarts it up to
+# resources.max_failures times), and the latest worker error.
+WORKER_GROUP_FAILURES_TAG = "dssl.worker_group_failures"
+WORKER_ERROR_TAG = "dssl.worker_error"
 
 _INVALID_NAME_CHARACTERS = re.compile(r"[^/\w.\- ]")
 _MAX_PARAM_LENGTH = 500
@@ -84,12 +91,14 @@ class TrialRun:
         logged_epoch: The last epoch whose metrics the run holds (0 for a new run).
         final_logged: Whether the final evaluation's metrics are stored.
         failure: The error of an earlier attempt whose own code raised, else ``None``.
+        restarts: How often Tune restarted the trial from a checkpoint before this attempt.
     """
 
     run_id: str
     logged_epoch: int = 0
     final_logged: bool = False
     failure: str | None = None
+    restarts: int = 0
 
 
 def log_metrics(
@@ -181,6 +190,7 @@ class StudyTracker:
                 logged_epoch=int(tags.get(LOGGED_EPOCH_TAG, 0)),
                 final_logged=tags.get(FINAL_LOGGED_TAG) == "true",
                 failure=failure,
+                restarts=int(tags.get(RESTARTS_TAG, 0)),
             )
         tags = {PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, STUDY_RUN_TAG: parent_run_id}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)

@@ -36,6 +36,8 @@ from dssl.study.tracking import (
     ERROR_KIND_TAG,
     ERROR_TAG,
     FINAL_LOGGED_TAG,
+    RESTARTS_TAG,
+    RESUMED_FROM_TAG,
     StudyTracker,
     TrialRun,
     log_epoch_metrics,
@@ -258,6 +260,10 @@ def _train_in_process(
         with checkpoint.as_directory() as folder:
             resume_from = load_state(folder)
         logger.info("trial resumes after epoch %d", resume_from.epoch)
+        tracker.set_tags(
+            trial_run.run_id,
+            {RESTARTS_TAG: str(trial_run.restarts + 1), RESUMED_FROM_TAG: str(resume_from.epoch)},
+        )
 
     last_metrics: dict[str, float] = {}
     final_state: list[TrainingState] = [] if resume_from is None else [resume_from]
