@@ -1,17 +1,19 @@
 """Studies survive a killed driver (`dssl resume`) and trials survive a killed process or worker.
 
 Each study runs as a `dssl` subprocess with its own local Ray, so that the test can kill the
-driver or a trial's process without touching the pytest session's Ray. Every process of that
-Ray inherits a marker variable, by which the test finds the trial processes and, after a
-driver kill, any Ray process the driver left behind.
+driver or a trial's process without touching the pytest session's Ray. That Ray has its own
+temporary folder and a marker variable (:mod:`ray_processes`), by which the test finds the trial
+processes and, after a driver kill, any Ray process the driver left behind.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,11 +24,11 @@ import optuna
 import pytest
 import yaml
 from mlflow import MlflowClient
+from ray_processes import MARKER_ENV, kill_cluster
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-MARKER = "DSSL_TEST_STUDY"
 STEP1_EPOCHS = 6
 STEP2_EPOCHS = 3
 EPOCHS = STEP1_EPOCHS + STEP2_EPOCHS
@@ -67,10 +69,14 @@ class _Study:
 
     def __init__(self, tmp_path: Path, args: list[str], label: str) -> None:
         self.marker = uuid.uuid4().hex
+        # Unix socket paths are limited to 107 bytes, so the session folder gets a short path.
+        self.ray_dir = Path(tempfile.mkdtemp(prefix="dssl-ray-", dir="/tmp"))
         self.log_path = tmp_path / f"{label}.log"
         self._log = open(self.log_path, "w")
-        env = {**os.environ, MARKER: self.marker, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "RAY_TMPDIR": str(self.ray_dir), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
         env.pop("RAY_ADDRESS", None)
+        # Ray's renamed processes keep the end of their environment readable, so the marker goes last.
+        env[MARKER_ENV] = self.marker
         self.process = subprocess.Popen(
             [str(BIN / "dssl"), *args], stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path
         )
@@ -95,16 +101,13 @@ class _Study:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if f"{MARKER}={self.marker}".encode() in environ and (title is None or title in cmdline):
+            if f"{MARKER_ENV}={self.marker}".encode() in environ and (title is None or title in cmdline):
                 found.append(int(entry.name))
         return found
 
     def kill_all(self) -> None:
-        for pid in self.pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_cluster(self.marker, self.ray_dir)
+        shutil.rmtree(self.ray_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -715,7 +715,7 @@ def _fit(
 
     tracking = (tracker.tracking_uri, tracker.experiment_name, context.parent_run_id)
     searcher = _build_searcher(spec, optuna_url, run_name, tracking)
-    storage_root = study_dir.uri.rsplit("/", 1)[0] if not study_dir.is_local else str(Path(study_dir.uri).parent)
+    storage_root, _ = study_dir.split()
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

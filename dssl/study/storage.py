@@ -80,6 +80,15 @@ class StudyStorage:
         base, separator, query = self.uri.partition("?")
         return "/".join([base.rstrip("/"), *parts]) + separator + query
 
+    def split(self) -> tuple[str, str]:
+        """Return the parent folder (a path or a URI that keeps any ``?`` options) and the last name."""
+        if self.is_local:
+            path = Path(self.uri)
+            return str(path.parent), path.name
+        base, separator, query = self.uri.partition("?")
+        parent, _, name = base.rstrip("/").rpartition("/")
+        return parent + separator + query, name
+
     def filesystem(self) -> tuple[pyarrow.fs.FileSystem, str]:
         """Return the ``pyarrow.fs`` file system and the path inside it."""
         if self.is_local:
@@ -175,6 +184,8 @@ def _autoscaler_can_add_nodes() -> bool:
     from ray.experimental.internal_kv import _internal_kv_get
 
     try:
+        # NOTE: untested. In Ray 2.60 no Python code writes this cluster config, and only the v1
+        # monitor writes __autoscaling_status, so a v2 autoscaler may read as one that cannot grow.
         config = ray._private.state.state.get_cluster_config()
         if config is not None and config.node_group_configs:
             return any(group.max_count != 0 for group in config.node_group_configs if "head" not in group.name)

@@ -32,6 +32,7 @@ from dssl.methods.registry import reuses_step1
 from dssl.study.schema import MethodSpec, StudySpec, flatten_params, resolve_method
 from dssl.study.space import method_overrides, seed_of
 from dssl.study.step1_cache import obtain_step1, publish_step1, step1_key
+from dssl.study.storage import StudyStorage
 from dssl.study.tracking import (
     ERROR_KIND_TAG,
     ERROR_TAG,
@@ -402,7 +403,7 @@ def _train_with_trainer(
         ),
         run_config=RunConfig(
             name=f"train-{trial_id}",
-            storage_path=_join(context.storage_path, "train"),
+            storage_path=StudyStorage(context.storage_path, is_local="://" not in context.storage_path).join("train"),
             callbacks=[MlflowTuneReportCallback(context.tracking_uri, trial_run.run_id, trial_run.logged_epoch)],
             checkpoint_config=CheckpointConfig(
                 num_to_keep=context.spec.eval.checkpoints_to_keep,
@@ -423,13 +424,6 @@ def _train_with_trainer(
     # MLflow keeps the latest value of every metric the callback logged, step-1 ones included.
     latest = MlflowClient(tracking_uri=context.tracking_uri).get_run(trial_run.run_id).data.metrics
     return models, {**latest, **(result.metrics or {})}, state
-
-
-def _join(storage_path: str, name: str) -> str:
-    """Append ``name`` to a local folder or a URI."""
-    if "://" in storage_path:
-        return storage_path.rstrip("/") + "/" + name
-    return str(Path(storage_path) / name)
 
 
 def _log_model_artifacts(tracker: StudyTracker, run_id: str, models: TrainedModels) -> None:
