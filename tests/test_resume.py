@@ -26,6 +26,8 @@ import yaml
 from mlflow import MlflowClient
 from ray_processes import MARKER_ENV, kill_cluster
 
+from dssl.train.checkpoint import load_state
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
@@ -275,6 +277,12 @@ def test_killed_process_resumes_from_checkpoint(
     assert run.info.run_id == before.info.run_id
     assert run.info.status == "FINISHED"
     _assert_every_epoch_once(client, run)
+    # eval.checkpoints_to_keep (2) best checkpoints per trial, plus the latest when it is not
+    # among them (Tune and Ray Train keep it for restarts); the final one is kept.
+    pattern = "*/run_trial_*/checkpoint_*" if num_workers == 1 else "*/train/train-*/checkpoint_*"
+    kept = sorted(path for path in (tmp_path / "r").glob(pattern) if path.is_dir())
+    assert 1 <= len(kept) <= 3, kept
+    assert EPOCHS in {load_state(folder).epoch for folder in kept}
     if num_workers == 1:
         assert run.data.tags["dssl.restarts"] == "1", output[-6000:]
         assert _logged_epoch(before) - 1 <= int(run.data.tags["dssl.resumed_from_epoch"]) < EPOCHS

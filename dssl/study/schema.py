@@ -1648,8 +1648,8 @@ class EvalSpec(_Spec):
         2,
         ge=1,
         description=(
-            "Checkpoints kept per trial: the best by the study's search metric, and always the "
-            "latest, from which a restarted trial resumes."
+            "Checkpoints kept per trial: the best by the study's search metric, plus the latest "
+            "when it is not among them, because a restarted trial resumes from it."
         ),
     )
     mi_every_n_epochs: int | None = Field(
