@@ -176,7 +176,7 @@ class StudyTracker:
         """Return the child run of ``trial_id``: a new one, or the one an earlier attempt left.
 
         A restarted trial (after its process, a worker or the study driver died) continues its
-        run, and the returned :class:`TrialRun` says which epochs the run already holds.
+        run, and the returned :class:`TrialRun` lists what the run already holds.
         """
         existing = self.find_trial_run(parent_run_id, trial_id)
         if existing is not None:

@@ -160,8 +160,8 @@ CHECKPOINT_SCORE = "checkpoint_score"
 def checkpoint_score(spec: StudySpec, metrics: dict[str, Any]) -> float:
     """Return the value that ranks a checkpoint: the study's search metric, NaN when absent.
 
-    Tune keeps ``eval.checkpoints_to_keep`` checkpoints per trial, the best by this value, and
-    always the latest. NaN ranks below every number, so checkpoints of epochs that do not report
+    Tune keeps the best ``eval.checkpoints_to_keep`` checkpoints per trial by this value, plus
+    the latest when it is not among them. NaN ranks below every number, so checkpoints of epochs that do not report
     the search metric (probe metrics exist only after the final evaluation) go first.
     """
     metric = spec.search.metrics[0]
