@@ -414,12 +414,18 @@ def _train_with_trainer(
         ),
     )
     result = trainer.fit()
-    if result.metrics and NON_FINITE_LOSS_KEY in result.metrics:
-        raise NonFiniteLossError(str(result.metrics[NON_FINITE_LOSS_KEY]))
+    returned = getattr(result, "return_value", None)
+    if isinstance(returned, dict) and NON_FINITE_LOSS_KEY in returned:
+        raise NonFiniteLossError(str(returned[NON_FINITE_LOSS_KEY]))
     if result.checkpoint is None:
         raise RuntimeError(f"trial {trial_id}: Ray Train finished without a checkpoint")
     with result.checkpoint.as_directory() as folder:
         state = load_state(folder)
+    if state.epoch != total_epochs(method):
+        raise RuntimeError(
+            f"trial {trial_id}: Ray Train finished after epoch {state.epoch} of {total_epochs(method)}; "
+            "the workers stopped early without an error"
+        )
     models = restore_models(state, dataset.x1.shape[1], dataset.x2.shape[1], method)
     # MLflow keeps the latest value of every metric the callback logged, step-1 ones included.
     latest = MlflowClient(tracking_uri=context.tracking_uri).get_run(trial_run.run_id).data.metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -23,4 +24,12 @@ def load_state(folder: str | Path) -> TrainingState:
     path = Path(folder) / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {path} not found; the folder contains no dssl training state")
-    return TrainingState.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise pickle.UnpicklingError(
+            f"checkpoint file {path} holds objects other than tensors and plain containers, so it was "
+            f"not written by dssl and is not loaded; remove the checkpoint folder to start the trial "
+            f"from epoch 0. {error}"
+        ) from error
+    return TrainingState.from_dict(payload)

@@ -52,14 +52,18 @@ def _read_worker_view(view: dict[str, Any], parallel: DataParallelContext, seed:
     return dataset
 
 
-def train_worker(config: dict[str, Any]) -> None:
+def train_worker(config: dict[str, Any]) -> dict[str, str] | None:
     """Train one trial on this Ray Train worker.
 
     ``config`` keys: ``dataset_ref`` (an ObjectRef of a PairedDataset) or ``data_view`` (a
     Parquet manifest and split settings, from which the worker reads only its rows), ``method`` (a dict of
     :class:`MethodSpec`), ``seed``, ``diagnostics_samples``, ``threads`` and ``pretrained_ref``
-    (an ObjectRef of step-1 states to load instead of training step 1, or None) and
-    ``mi_diagnostics`` (the fields of :class:`MIDiagnosticsSettings`, or None).
+    (an ObjectRef of step-1 states to load instead of training step 1, or None),
+    ``mi_diagnostics`` (the fields of :class:`MIDiagnosticsSettings`, or None) and
+    ``search_metric`` (the metric that ranks checkpoints).
+
+    Returns:
+        ``{"non_finite_loss": message}`` when a training term became NaN or infinite, else None.
     """
     context = ray.train.get_context()
     parallel = DataParallelContext(rank=context.get_world_rank(), world_size=context.get_world_size())
@@ -124,7 +128,9 @@ def train_worker(config: dict[str, Any]) -> None:
         )
     except NonFiniteLossError as error:
         # The epoch's loss terms are averaged over the workers before the check, so every rank
-        # raises at the same epoch. Reporting the error ends the group without a Ray Train
-        # restart, which would diverge the same way; the trial driver raises it again.
+        # raises at the same epoch. Returning the error ends the group without a Ray Train
+        # restart, which would diverge the same way; the trial driver raises it again from
+        # rank 0's return value (the trainer's result holds the last checkpoint's metrics only).
         logger.warning("worker %d: %s", parallel.rank, error)
-        ray.train.report({NON_FINITE_LOSS_KEY: str(error)}, checkpoint=None)
+        return {NON_FINITE_LOSS_KEY: str(error)}
+    return None
