@@ -81,7 +81,8 @@ def test_unreachable_tracking_server_exits_2(tmp_path: Path) -> None:
     result = _dssl("run", str(SMOKE), "--tracking-uri", f"http://127.0.0.1:{port}", cwd=tmp_path)
     assert result.returncode == 2
     assert f"http://127.0.0.1:{port}" in result.stderr
-    assert "did not respond" in result.stderr
+    assert "refused the connection" in result.stderr
+    assert f"--port {port}" in result.stderr
     assert not (tmp_path / "dssl_results").exists()
 
 

@@ -115,7 +115,7 @@ def _write_study(folder: Path, name: str, step1_epochs: int, step2_epochs: int) 
         "search": {
             "algorithm": "tpe",
             "metric": "probe/shared/digit",
-            "num_trials": 3,
+            "num_trials": 2,
             "max_concurrent": 1,
             "space": {"step1.beta": {"type": "loguniform", "low": 1.0e-3, "high": 1.0}},
         },
@@ -156,7 +156,7 @@ def test_unreachable_server_fails_fast(tmp_path: Path) -> None:
     # The /health check waits at most 5 s; the rest is Python start-up and imports.
     assert elapsed < 30.0
     assert uri in result.stderr
-    assert "did not respond" in result.stderr
+    assert "refused the connection" in result.stderr
     assert "Traceback" not in result.stderr
     assert not storage.exists()
     assert not (tmp_path / "mlflow.db").exists()
@@ -255,9 +255,9 @@ def test_server_outage_mid_study(tracking_server: TrackingServer, tmp_path: Path
     # The trial gave up after its bounded retries, not at the test's timeout.
     assert seconds_to_failure < 120.0, f"{seconds_to_failure:.0f} s\n{text[-4000:]}"
     assert process.returncode == 1, text[-4000:]
-    assert "3 trials, 1 failed" in text
+    assert "2 trials, 1 failed" in text
 
-    # MLflow: the trial that lost the server is FAILED with its error; the later ones FINISHED.
+    # MLflow: the trial that lost the server is FAILED with its error; the later one FINISHED.
     experiment = client.get_experiment_by_name(name)
     runs = client.search_runs([experiment.experiment_id])
     parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
@@ -265,7 +265,7 @@ def test_server_outage_mid_study(tracking_server: TrackingServer, tmp_path: Path
     assert len(parents) == 1
     assert parents[0].info.status == "FINISHED"
     assert parents[0].data.metrics["trials/failed"] == 1.0
-    assert len(children) == 3
+    assert len(children) == 2
 
     lost = children.pop(first.info.run_id)
     assert failed_trial.group(1).endswith(lost.data.tags["dssl.trial_id"])
@@ -279,10 +279,10 @@ def test_server_outage_mid_study(tracking_server: TrackingServer, tmp_path: Path
         history = client.get_metric_history(run.info.run_id, "step1/train/loss")
         assert sorted(point.step for point in history) == list(range(1, STEP1_EPOCHS + 1))
 
-    # Optuna: the lost trial is FAIL with a reason, the later two COMPLETE.
+    # Optuna: the lost trial is FAIL with a reason, the later one COMPLETE.
     storage = f"sqlite:///{next((tmp_path / 'results').glob(f'{name}-*')) / 'optuna.db'}"
     trials = optuna.load_study(study_name=parents[0].info.run_name, storage=storage).trials
     states = sorted(trial.state.name for trial in trials)
-    assert states == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert states == ["COMPLETE", "FAIL"]
     failed = next(trial for trial in trials if trial.state == optuna.trial.TrialState.FAIL)
     assert failed.user_attrs.get("fail_reason")

@@ -17,6 +17,7 @@ import socket
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -158,9 +159,15 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
                 response.read()
         except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            if isinstance(reason, ConnectionRefusedError):
+                problem = "refused the connection: nothing listens there"
+            else:
+                problem = f"did not answer its /health check within {timeout_s:.0f} s ({reason})"
+            port = urllib.parse.urlsplit(uri).port or (443 if uri.startswith("https") else 80)
             raise InvalidStudyInputError(
-                f"the MLflow tracking server at {uri} did not respond within {timeout_s:.0f} s ({error}); "
-                "start it (mlflow server --host 127.0.0.1 --port 5000) or pass another --tracking-uri"
+                f"the MLflow tracking server at {redact_uri(uri)} {problem}; start it "
+                f"(mlflow server --host 127.0.0.1 --port {port}) or pass another --tracking-uri"
             ) from error
 
 

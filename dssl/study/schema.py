@@ -1617,7 +1617,8 @@ class ResourceSpec(_Spec):
         ge=0,
         description=(
             "Times a trial restarts from its last checkpoint after its process, a worker or a node "
-            "died. A trial whose own code raised (a non-finite loss, a bad setting) is not restarted."
+            "died. A trial whose own code raised (a non-finite loss, a bad setting) fails again at "
+            "once on each restart, without training."
         ),
     )
 
@@ -2033,4 +2034,7 @@ def dump_resolved_yaml(spec: StudySpec) -> str:
         YAML text that :func:`load_study` reads back to an equal study.
     """
     data = spec.model_dump(mode="json", by_alias=True)
+    if spec.search.scheduler != "asha":
+        # Without ASHA the block has no effect, and reading it back would warn that it is ignored.
+        data["search"].pop("asha", None)
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)

@@ -267,8 +267,11 @@ def train_trial(
         offset += phase.epochs
         model = _build_phase_model(phase, index, models, seed, device)
 
+        # A pretrained phase is complete, so it wins over a checkpoint taken while the same phase
+        # was still training: a trial restarted after it published its own step-1 model finds
+        # that model, and its last checkpoint may predate the end of step 1.
         saved = pretrained.get(phase.name)
-        if resume_from is not None and phase.name in resume_from.models:
+        if saved is None and resume_from is not None and phase.name in resume_from.models:
             saved = resume_from.models[phase.name]
         if saved is not None:
             model.load_checkpoint_state(saved)
