@@ -8,6 +8,7 @@ A Tune callback ends any child run that a stopped or crashed trial left RUNNING.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -19,6 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -608,24 +610,15 @@ def _write_study_record(
     write_json(study_dir, STUDY_RECORD, record)
 
 
-class _study_file_copy:
-    """Context manager: a local copy of the study folder's ``study.yaml`` (the folder may be a URI)."""
-
-    def __init__(self, folder: StudyStorage) -> None:
-        self._folder = folder
-        self._temp: tempfile.TemporaryDirectory | None = None
-
-    def __enter__(self) -> Path:
-        filesystem, path = self._folder.filesystem()
-        self._temp = tempfile.TemporaryDirectory(prefix="dssl-resume-")
-        local = Path(self._temp.name) / STUDY_FILE
+@contextlib.contextmanager
+def _study_file_copy(folder: StudyStorage) -> Iterator[Path]:
+    """Yield a local copy of the study folder's ``study.yaml``; the folder may be a URI."""
+    filesystem, path = folder.filesystem()
+    with tempfile.TemporaryDirectory(prefix="dssl-resume-") as temporary:
+        local = Path(temporary) / STUDY_FILE
         with filesystem.open_input_stream(f"{path}/{STUDY_FILE}") as stream:
             local.write_bytes(stream.read())
-        return local
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._temp is not None:
-            self._temp.cleanup()
+        yield local
 
 
 def _execute(
