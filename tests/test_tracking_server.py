@@ -2,69 +2,28 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow import MlflowClient
+from mlflow_server import TrackingServer, free_port
 
 from dssl.study.runner import run_study
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
 def tracking_server(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
-    command = [
-        str(BIN / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination", str(tmp_path / "server-artifacts"),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        # One worker starts faster than uvicorn's default four on a busy 2-core machine.
-        "--workers", "1",
-    ]
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    server = TrackingServer(tmp_path, free_port())
     try:
-        # Start-up took over 120 s when the machine was loaded by another study, so allow 300 s.
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server did not start; see {tmp_path / 'server.log'}") from None
-                time.sleep(1.0)
-        yield uri
+        server.start()
+        yield server.uri
     finally:
-        # The server's own worker processes share its process group.
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
+        server.stop()
 
 
 def test_study_logs_to_server(local_ray: None, tracking_server: str, tmp_path: Path) -> None:
