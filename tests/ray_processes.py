@@ -1,9 +1,9 @@
 """Find and kill every process of one Ray cluster that a test started, and nothing else.
 
 `ray stop` would stop every Ray cluster of this user on the machine, the test session's own
-included, so tests that start a Ray cluster in a subprocess mark it: a variable in the
-environment of every process, and a temporary folder of its own (``--temp-dir`` or
-``RAY_TMPDIR``) in which each of its processes keeps a log file open.
+included. So a test that starts a Ray cluster in a subprocess marks it in two ways. Every process
+gets a marker variable in its environment, and the cluster gets a temporary folder of its own
+(``--temp-dir`` or ``RAY_TMPDIR``) in which each of its processes keeps a log file open.
 """
 
 from __future__ import annotations

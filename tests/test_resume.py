@@ -122,16 +122,18 @@ def studies() -> Iterator[list[_Study]]:
         study.kill_all()
 
 
-def _wait_for(condition: Callable[[], Any], timeout_s: float, what: str, study: _Study) -> Any:
+def _wait_for(condition: Callable[[], Any], timeout_s: float, description: str, study: _Study) -> Any:
+    """Poll ``condition`` until it returns a true value, and return that value."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         if study.process.poll() is not None:
-            raise AssertionError(f"the study exited ({study.process.returncode}) before {what}:\n{study.output()[-4000:]}")
+            code = study.process.returncode
+            raise AssertionError(f"the study exited ({code}) before {description}:\n{study.output()[-4000:]}")
         time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}:\n{study.output()[-4000:]}")
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {description}:\n{study.output()[-4000:]}")
 
 
 def _child_runs(client: MlflowClient, experiment: str) -> list[Any]:
@@ -233,7 +235,7 @@ def test_resume_after_driver_sigkill(tmp_path: Path, studies: list[_Study]) -> N
     assert len(_child_runs(client, "resume-check")) == num_trials
 
 
-def test_resume_rejects_a_folder_that_is_not_a_study(tmp_path: Path) -> None:
+def test_resume_rejects_plain_folder(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(BIN / "dssl"), "resume", str(tmp_path)], capture_output=True, text=True, timeout=120
     )
@@ -278,8 +280,8 @@ def test_killed_process_resumes_from_checkpoint(
     assert run.info.run_id == before.info.run_id
     assert run.info.status == "FINISHED"
     _assert_every_epoch_once(client, run)
-    # eval.checkpoints_to_keep (2) best checkpoints per trial, plus the latest when it is not
-    # among them (Tune and Ray Train keep it for restarts); the final one is kept.
+    # Tune and Ray Train keep the eval.checkpoints_to_keep (2) best checkpoints per trial, plus
+    # the latest when it is not among them, because restarts need it. The final one is kept.
     pattern = "*/run_trial_*/checkpoint_*" if num_workers == 1 else "*/train/train-*/checkpoint_*"
     kept = sorted(path for path in (tmp_path / "r").glob(pattern) if path.is_dir())
     assert 1 <= len(kept) <= 3, kept
@@ -290,3 +292,12 @@ def test_killed_process_resumes_from_checkpoint(
     else:
         assert run.data.tags["dssl.worker_group_failures"] == "1", output[-6000:]
         assert "rank" in run.data.tags["dssl.worker_error"]
+
+
+def test_resume_rejects_missing_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "absent-study"
+    result = subprocess.run(
+        [str(BIN / "dssl"), "resume", str(missing)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert f"study folder {missing} not found" in result.stderr

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import pyarrow.fs
 import ray
 from mlflow.exceptions import MlflowException
 from ray import tune
@@ -73,9 +74,9 @@ _RAY_ENV_DEFAULTS = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 
-# The MLflow client retries a failed request 7 times with a backoff factor of 2 by default, for
-# about 4 minutes (observed). These values bound a tracking-server outage to about 20 s per call,
-# after which the trial fails and the study goes on. The environment overrides them.
+# The MLflow client retries a failed request 7 times with a backoff factor of 2 by default, which
+# took about 4 minutes when the server was down. These values took 15-20 s per call, after which
+# the trial fails and the study goes on. Values set in the environment take precedence.
 _MLFLOW_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -258,8 +259,8 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     # The job's runtime environment sets the variable in Ray's workers only: in this process it
     # would also redirect any `ray job submit` started from here.
     for attempt in range(3):
-        # Another process can take the free port between the check and the dashboard's bind;
-        # then Ray fails to start and a random free port is tried instead.
+        # Another process can take the free port between the check and the dashboard's bind.
+        # Ray then fails to start, so the next attempt takes a random free port.
         dashboard_port = _dashboard_port(prefer_default=attempt == 0)
         api_server = {_API_SERVER_ADDRESS_ENV: f"http://127.0.0.1:{dashboard_port}"}
         try:
@@ -278,7 +279,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         except Exception as error:
             if "address already in use" not in str(error) or attempt == 2:
                 raise
-            logger.warning("the Ray dashboard could not bind port %d (%s); retrying on another port", dashboard_port, error)
+            logger.warning(
+                "the Ray dashboard could not bind port %d (%s); retrying on another port", dashboard_port, error
+            )
             ray.shutdown()
 
 
@@ -311,7 +314,7 @@ class _FinalMetricOptunaSearch(OptunaSearch):
 
     def __init__(self, *args: Any, tracking: tuple[str, str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # (tracking URI, experiment, parent run id); a client is made on demand and not pickled.
+        # (tracking URI, experiment, parent run id). A client is created on demand, so none is pickled.
         self._tracking = tracking
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -518,8 +521,11 @@ def run_study(
     resolved_yaml = dump_resolved_yaml(spec)
     tracker.log_text(parent_run_id, resolved_yaml, STUDY_FILE)
     _write_study_record(study_dir, resolved_yaml, uri, experiment_name, parent_run_id, run_name, optuna_url)
-    logger.info("study %s: MLflow run %s in experiment %r at %s", spec.name, parent_run_id, experiment_name, redact_uri(uri))
-    logger.info("study %s: results in %s; resume with 'dssl resume %s'", spec.name, study_dir.describe(), study_dir.describe())
+    logger.info(
+        "study %s: MLflow run %s in experiment %r at %s", spec.name, parent_run_id, experiment_name, redact_uri(uri)
+    )
+    where = study_dir.describe()
+    logger.info("study %s: results in %s; resume with 'dssl resume %s'", spec.name, where, where)
     return _execute(spec, dataset, tracker, parent_run_id, study_dir, optuna_url, run_name, restore=False)
 
 
@@ -544,12 +550,18 @@ def resume_study(
         InvalidStudyInputError: ``study_dir`` is not a dssl study folder, or a path cannot be used.
     """
     folder = _resolve_storage(study_dir)
+    filesystem, path = folder.filesystem()
+    if filesystem.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        raise InvalidStudyInputError(
+            f"study folder {folder.describe()} not found; pass the folder that 'dssl run' printed, "
+            "<storage path>/<study name>-<date>-<time>"
+        )
     try:
         record = read_json(folder, STUDY_RECORD)
     except FileNotFoundError:
         raise InvalidStudyInputError(
-            f"{folder.describe()} holds no {STUDY_RECORD}, so it is not the folder of a study started by "
-            "'dssl run'; pass the study's folder, <storage path>/<study name>-<date>-<time> "
+            f"{STUDY_RECORD} is missing in {folder.describe()}, so it is not the folder of a study "
+            "started by 'dssl run'; pass the study's folder, <storage path>/<study name>-<date>-<time> "
             "('dssl run' prints it)"
         ) from None
     with _study_file_copy(folder) as study_file:
@@ -596,7 +608,7 @@ def _write_study_record(
     run_name: str,
     optuna_url: str | None,
 ) -> None:
-    """Store what ``dssl resume`` needs; the tracking URI without credentials (pass them again)."""
+    """Store what ``dssl resume`` needs, with the tracking URI stripped of credentials."""
     filesystem, path = study_dir.filesystem()
     with filesystem.open_output_stream(f"{path}/{STUDY_FILE}") as stream:
         stream.write(resolved_yaml.encode())
@@ -612,7 +624,7 @@ def _write_study_record(
 
 @contextlib.contextmanager
 def _study_file_copy(folder: StudyStorage) -> Iterator[Path]:
-    """Yield a local copy of the study folder's ``study.yaml``; the folder may be a URI."""
+    """Yield a local copy of the study folder's ``study.yaml``, read through ``pyarrow.fs``."""
     filesystem, path = folder.filesystem()
     with tempfile.TemporaryDirectory(prefix="dssl-resume-") as temporary:
         local = Path(temporary) / STUDY_FILE
@@ -647,7 +659,9 @@ def _execute(
             step1_coordinator=Step1Coordinator.remote() if spec.tracking.reuse_step1 else None,
         )
         results = _fit(spec, context, tracker, optuna_url, run_name, study_dir, restore=restore)
-        outcome = _summarise(spec, results, tracker, parent_run_id, uri, experiment_name, optuna_url, study_dir, run_name)
+        outcome = _summarise(
+            spec, results, tracker, parent_run_id, uri, experiment_name, optuna_url, study_dir, run_name
+        )
     except BaseException as error:
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         try:
@@ -737,15 +751,17 @@ def _fit(
                 checkpoint_score_attribute=CHECKPOINT_SCORE,
                 checkpoint_score_order=spec.search.modes[0],
             ),
-            # Restarts after a lost process or node; a trial whose own code raised fails at once
-            # on its restart (dssl.study.trial.TrialFailedBeforeError).
+            # Restarts after a lost process or node. A trial whose own code raised fails at once
+            # on each restart (dssl.study.trial.TrialFailedBeforeError).
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
         ),
     )
     return tuner.fit()
 
 
-_TRIAL_ID_IN_FOLDER = re.compile(r"_([0-9a-f]{8}_\d{5})_")
+# Tune names a trial's folder <trainable>_<trial id>_<counter>_<config>_<date>, and a trial that a
+# searcher suggests (every trial of a study) gets 8 hex digits as its id.
+_TRIAL_ID_IN_FOLDER = re.compile(r"^run_trial_([0-9a-f]{8})_\d+_")
 
 
 def _trial_errors(results: tune.ResultGrid) -> dict[str, str]:
@@ -756,8 +772,8 @@ def _trial_errors(results: tune.ResultGrid) -> dict[str, str]:
             continue
         trial_id = (result.metrics or {}).get("trial_id")
         if not isinstance(trial_id, str):
-            # A trial that failed before its first report has no metrics; its folder is named
-            # <trainable>_<trial id>_<index>_..., and Tune's trial ids are <8 hex>_<5 digits>.
+            # A trial that failed before its first report has no metrics, so its id comes from
+            # its folder's name.
             match = _TRIAL_ID_IN_FOLDER.search(Path(result.path).name)
             if match is None:
                 continue

@@ -1,11 +1,11 @@
-"""Where a study keeps its trial results and checkpoints, and whether every node can reach it.
+"""Storage paths for a study's trial results and checkpoints, and the check that every node reaches them.
 
 The storage path is a local folder (default ``./dssl_results``) or a URI that ``pyarrow.fs``
 understands, such as ``s3://bucket/dssl`` or ``gs://bucket/dssl``; Ray Tune and Ray Train write
 through ``pyarrow.fs`` either way. On a cluster of several nodes each trial writes its checkpoints
-from the node it runs on, so a folder on one node's own disk cannot hold them, and a SQLite
-MLflow store, which is one file, cannot take the trials' metrics. :func:`check_reachable_from_all_nodes`
-rejects both before anything starts.
+from the node it runs on, so a folder on one node's own disk cannot receive them. A SQLite MLflow
+store is one file on one node, so trials on other nodes cannot write their metrics to it.
+:func:`check_reachable_from_all_nodes` rejects both before anything starts.
 
 Example:
     >>> storage = resolve_storage("s3://my-bucket/dssl")  # doctest: +SKIP
@@ -148,7 +148,7 @@ def shared_storage_declared(flag: bool = False) -> bool:
 
 
 def file_system_type(path: str | os.PathLike) -> str | None:
-    """Return the type of the file system that holds ``path`` (from ``/proc/mounts``), if known."""
+    """Return the type of the file system that contains ``path`` (from ``/proc/mounts``), if known."""
     try:
         mounts = Path("/proc/mounts").read_text().splitlines()
     except OSError:
@@ -168,10 +168,10 @@ def file_system_type(path: str | os.PathLike) -> str | None:
 def cluster_nodes() -> tuple[int, bool]:
     """Return the alive nodes of the connected Ray cluster and whether an autoscaler can add nodes.
 
-    Ray's autoscaler publishes its state in the GCS. The v2 autoscaler stores its node groups; the
-    v1 autoscaler's status names the node types of its cluster config (``ray.head.default``,
-    ``gpu_worker``), while a head started without an autoscaling config reports bare node ids
-    (``node_<hex>``), and a Ray started by ``ray.init`` reports nothing.
+    Ray's autoscaler publishes its state in the GCS. The v2 autoscaler stores its node groups.
+    The v1 autoscaler's status names the node types of its cluster config (``ray.head.default``,
+    ``gpu_worker``). A head started without an autoscaling config reports bare node ids
+    (``node_<hex>``) instead, and a Ray started by ``ray.init`` reports nothing.
     """
     import ray
 
@@ -265,7 +265,7 @@ def write_json(storage: StudyStorage, relative: str, payload: dict[str, Any]) ->
 
 
 def read_json(storage: StudyStorage, relative: str) -> dict[str, Any]:
-    """Read the JSON that :func:`write_json` wrote; ``FileNotFoundError`` when it is missing."""
+    """Read the JSON that :func:`write_json` wrote; raise ``FileNotFoundError`` when it is missing."""
     filesystem, root = storage.filesystem()
     path = f"{root.rstrip('/')}/{relative}"
     if filesystem.get_file_info(path).type == pyarrow.fs.FileType.NotFound:

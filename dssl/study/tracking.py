@@ -88,7 +88,7 @@ class TrialRun:
 
     Attributes:
         run_id: The child run.
-        logged_epoch: The last epoch whose metrics the run holds (0 for a new run).
+        logged_epoch: The last epoch whose metrics the run contains (0 for a new run).
         final_logged: Whether the final evaluation's metrics are stored.
         failure: The error of an earlier attempt whose own code raised, else ``None``.
         restarts: How often Tune restarted the trial from a checkpoint before this attempt.
@@ -176,7 +176,7 @@ class StudyTracker:
         """Return the child run of ``trial_id``: a new one, or the one an earlier attempt left.
 
         A restarted trial (after its process, a worker or the study driver died) continues its
-        run, and the returned :class:`TrialRun` lists what the run already holds.
+        run, and the returned :class:`TrialRun` lists what the run already contains.
         """
         existing = self.find_trial_run(parent_run_id, trial_id)
         if existing is not None:

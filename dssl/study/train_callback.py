@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from dssl.study.tracking import WORKER_ERROR_TAG, WORKER_GROUP_FAILURES_TAG, log_epoch_metrics
-from dssl.train.loop import NON_FINITE_LOSS_KEY
+from dssl.train.loop import CHECKPOINT_SCORE, NON_FINITE_LOSS_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +18,8 @@ class MlflowTuneReportCallback(TuneReportCallback):
     """Log each epoch's rank-0 metrics to the trial's MLflow run, then forward them to Ray Tune.
 
     It runs in the Ray Train controller, so the platform, not the workers, writes to MLflow.
-    After a restart of the worker group the epochs come again from the latest checkpoint; an
-    epoch whose metrics the run already holds is forwarded to Tune but not logged twice.
+    After a restart of the worker group the epochs come again from the latest checkpoint. An
+    epoch whose metrics the run already contains is forwarded to Tune but not logged twice.
 
     Args:
         tracking_uri: The MLflow tracking URI.
@@ -55,7 +55,7 @@ class MlflowTuneReportCallback(TuneReportCallback):
         rank0 = metrics[0]
         epoch = int(rank0.get("epoch", 0))
         if NON_FINITE_LOSS_KEY not in rank0 and epoch > self.logged_epoch:
-            logged = {key: value for key, value in rank0.items() if key != "checkpoint_score"}
+            logged = {key: value for key, value in rank0.items() if key != CHECKPOINT_SCORE}
             log_epoch_metrics(self._mlflow(), self.run_id, logged, epoch)
             self.logged_epoch = epoch
         super().after_report(run_context, metrics, checkpoint)

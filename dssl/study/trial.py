@@ -46,6 +46,7 @@ from dssl.study.tracking import (
 )
 from dssl.train.checkpoint import load_state, save_state
 from dssl.train.loop import (
+    CHECKPOINT_SCORE,
     NON_FINITE_LOSS_KEY,
     NonFiniteLossError,
     TrainedModels,
@@ -89,8 +90,8 @@ class TrialFailedBeforeError(RuntimeError):
     """Raised when Tune restarts a trial whose own code failed, so that it fails again at once.
 
     Tune restarts a failed trial up to ``resources.max_failures`` times whatever the cause. Only a
-    lost process, worker or node deserves a restart; an error of the trial itself (a non-finite
-    loss, a bad setting) would recur.
+    lost process, worker or node deserves a restart, because an error of the trial itself (a
+    non-finite loss, a bad setting) would recur.
     """
 
 
@@ -106,7 +107,10 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     params.update(_resource_params(context.spec))
     trial_run = tracker.start_trial_run(context.parent_run_id, trial_id, tune_context.get_trial_name(), params)
     if trial_run.failure is not None:
-        raise TrialFailedBeforeError(f"trial {trial_id} is not restarted, because it failed: {trial_run.failure}")
+        raise TrialFailedBeforeError(
+            f"trial {trial_id} is not trained again, because its own code failed before this restart: "
+            f"{trial_run.failure}"
+        )
     run_id = trial_run.run_id
 
     step1 = _Step1Reuse(context, tracker, run_id, trial_id)
@@ -151,10 +155,6 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         raise
     finally:
         step1.release()
-
-
-CHECKPOINT_SCORE = "checkpoint_score"
-"""The Tune result key that ranks a trial's checkpoints (see :func:`checkpoint_score`)."""
 
 
 def checkpoint_score(spec: StudySpec, metrics: dict[str, Any]) -> float:
@@ -223,7 +223,10 @@ def _resource_params(spec: StudySpec) -> dict[str, Any]:
 
 
 def _end_run_after_error(tracker: StudyTracker, run_id: str, status: str, error: BaseException, own: bool) -> None:
-    """Record ``error`` on the run and end it; ``own`` marks an error of the trial's code, not restarted."""
+    """Record ``error`` on the run and end it.
+
+    ``own`` marks an error of the trial's own code, which a restart would repeat.
+    """
     tags = {ERROR_TAG: f"{type(error).__name__}: {error}"[:4000]}
     if own:
         tags[ERROR_KIND_TAG] = "trial"

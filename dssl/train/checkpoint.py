@@ -28,7 +28,7 @@ def load_state(folder: str | Path) -> TrainingState:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise pickle.UnpicklingError(
-            f"checkpoint file {path} holds objects other than tensors and plain containers, so it was "
+            f"checkpoint file {path} contains objects other than tensors and plain containers, so it was "
             f"not written by dssl and is not loaded; remove the checkpoint folder to start the trial "
             f"from epoch 0. {error}"
         ) from error

@@ -44,7 +44,10 @@ class NonFiniteLossError(FloatingPointError):
 
 
 NON_FINITE_LOSS_KEY = "non_finite_loss"
-"""The report key by which Ray Train workers pass a :class:`NonFiniteLossError` to the trial driver."""
+"""The key by which a Ray Train worker returns a :class:`NonFiniteLossError` to the trial driver."""
+
+CHECKPOINT_SCORE = "checkpoint_score"
+"""The report key by which Tune and Ray Train rank a trial's checkpoints (the search metric, or NaN)."""
 
 
 @dataclasses.dataclass
@@ -267,9 +270,9 @@ def train_trial(
         offset += phase.epochs
         model = _build_phase_model(phase, index, models, seed, device)
 
-        # A pretrained phase is complete, so it wins over a checkpoint taken while the same phase
-        # was still training: a trial restarted after it published its own step-1 model finds
-        # that model, and its last checkpoint may predate the end of step 1.
+        # A pretrained phase is complete, so it wins over a checkpoint taken while that phase was
+        # still training. A trial restarted after it published its own step-1 model finds that
+        # model, while its last checkpoint may predate the end of step 1.
         saved = pretrained.get(phase.name)
         if saved is None and resume_from is not None and phase.name in resume_from.models:
             saved = resume_from.models[phase.name]

@@ -24,7 +24,7 @@ from dssl.eval.mi_diagnostics import MIDiagnosticsSettings
 from dssl.study.schema import MethodSpec
 from dssl.train.checkpoint import load_state, save_state
 from dssl.train.distributed import DataParallelContext
-from dssl.train.loop import NON_FINITE_LOSS_KEY, NonFiniteLossError, TrainingState, train_trial
+from dssl.train.loop import CHECKPOINT_SCORE, NON_FINITE_LOSS_KEY, NonFiniteLossError, TrainingState, train_trial
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, str] | None:
         # Ray Train ranks the checkpoints by this key (dssl.study.trial.checkpoint_score); NaN
         # ranks last, and the latest checkpoint is kept whatever its score.
         score = metrics.get(search_metric, math.nan) if search_metric else math.nan
-        scored = {**metrics, "checkpoint_score": float(score)}
+        scored = {**metrics, CHECKPOINT_SCORE: float(score)}
         if not parallel.is_main:
             ray.train.report(scored, checkpoint=None)
             return
@@ -130,7 +130,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, str] | None:
         # The epoch's loss terms are averaged over the workers before the check, so every rank
         # raises at the same epoch. Returning the error ends the group without a Ray Train
         # restart, which would diverge the same way; the trial driver raises it again from
-        # rank 0's return value (the trainer's result holds the last checkpoint's metrics only).
+        # rank 0's return value (the trainer's result contains the last checkpoint's metrics only).
         logger.warning("worker %d: %s", parallel.rank, error)
         return {NON_FINITE_LOSS_KEY: str(error)}
     return None
